@@ -1,0 +1,51 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+"""Shared pieces of the gpufleet.cluster modules: auth options and imports.
+
+Modules stay thin: an argument spec, then a call into the `gpufleet` Python
+package (installed on the host that runs the module, like `kubernetes` is for
+kubernetes.core).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import importlib
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+# The Kubernetes auth options every Kubernetes-facing module takes; documented
+# once in doc_fragments/kube_auth.py and settable for all of them at once with
+# module_defaults group/gpufleet.cluster.kubernetes.
+KUBE_AUTH_ARG_SPEC = dict(
+    kubeconfig=dict(type="path", aliases=["kubeconfig_path"]),
+    context=dict(type="str"),
+    host=dict(type="str"),
+    api_key=dict(type="str", no_log=True),
+    validate_certs=dict(type="bool", aliases=["verify_ssl"]),
+    ca_cert=dict(type="path", aliases=["ssl_ca_cert"]),
+    client_cert=dict(type="path", aliases=["cert_file"]),
+    client_key=dict(type="path", aliases=["key_file"], no_log=False),
+)
+
+
+def kube_auth_options(params):
+    """The auth options out of a module's params, for gpufleet.kube.client."""
+    return dict((name, params.get(name)) for name in KUBE_AUTH_ARG_SPEC)
+
+
+def require_gpufleet(module, *names):
+    """Import gpufleet sub-modules, failing the task clearly where it is absent."""
+    loaded = []
+    for name in names:
+        try:
+            loaded.append(importlib.import_module(name))
+        except ImportError:
+            module.fail_json(
+                msg=missing_required_lib("gpufleet (the gpufleet.cluster services package)"),
+                exception=traceback.format_exc(),
+            )
+    return loaded[0] if len(loaded) == 1 else loaded

@@ -1,0 +1,1 @@
+"""The kernel agent: a Backend.AI-style compute agent."""

@@ -1,0 +1,1 @@
+"""GPU device backends: nvml (nvidia-ml-py) and simulated."""

@@ -1,0 +1,1 @@
+"""GPU health: checks, the Xid catalog, severity, the daemon and its sinks."""

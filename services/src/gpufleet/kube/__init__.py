@@ -1,0 +1,1 @@
+"""The one place in gpufleet that talks to the Kubernetes API."""

@@ -1,0 +1,1 @@
+"""GPU workload placement: cluster snapshot, filters, strategies, replay."""
