@@ -73,7 +73,8 @@ def test_health_sweep_taints_first_skips_busy_and_quarantines_failures(kube_api,
     for name in ("gpu-a", "gpu-b", "gpu-busy"):
         assert not kube_api.get_node(name)["spec"].get("taints"), name
     assert [t["key"] for t in kube_api.get_node("gpu-c")["spec"]["taints"]] == ["gpufleet.io/quarantine"]
-    assert kube_api.get_object("jobs", "gpufleet-sweep-gpu-busy", "kube-system") is None
+    assert kube_api.get_object("jobs", "gpufleet-diag-gpu-busy", "kube-system") is None
+    assert kube_api.get_object("jobs", "gpufleet-diag-gpu-a", "kube-system") is not None
 
     # taint FIRST: each batch's node patches come before that batch's pod listing
     log = [(r.method, r.path) for r in kube_api.requests]

@@ -193,3 +193,32 @@ def test_nvml_backend_unavailable_gives_unknown(monkeypatch):
     report = json.loads(result.output)
     assert report["status"] == "unknown" and report["verdict"] == "PASS"
     assert report["unknown"][0]["check"] == "backend"
+
+
+def test_check_level_runs_dcgm_and_writes_termination_log(tmp_path, monkeypatch):
+    """The diagnostics Job's command: --level runs the intensive DCGM check, and the
+    verdict lands in the termination log that gpufleet.kube.diagnostics reads."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gpufleet.cli import main
+    from gpufleet.kube.diagnostics import DEFAULT_COMMAND, verdict
+
+    faults = tmp_path / "faults.json"
+    monkeypatch.setenv("GPUFLEET_SIM_FAULTS", str(faults))
+    runner = CliRunner()
+    assert runner.invoke(main, ["health", "inject", "--faults", str(faults), "--node", "sim-node-0",
+                                "--gpu", "0", "--xid", "79"]).exit_code == 0
+    log = tmp_path / "termination-log"
+    args = DEFAULT_COMMAND[2:]  # what the Job runs after `gpufleet health`
+    args = [a if a != "/dev/termination-log" else str(log) for a in args]
+    result = runner.invoke(main, ["health", *args, "--backend", "simulated", "--node", "sim-node-0",
+                                  "--faults", str(faults), "--json"])
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.output)
+    assert "dcgm_diag" in report["checks"]
+    message = json.loads(log.read_text())
+    assert message["verdict"] == "fail" and message["severity"] == "REBOOT"
+    assert message["findings"][0]["severity"] == "REBOOT"
+    assert verdict("failed", log.read_text())["recommendation"] == "reboot"

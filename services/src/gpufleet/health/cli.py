@@ -1,9 +1,10 @@
-"""`gpufleet health …` commands: check, xid, inject (the daemon's `run`/`status` join this group)."""
+"""`gpufleet health …` commands: check, xid, inject, and the agent's run and status."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -64,6 +65,18 @@ def _split(values: tuple[str, ...]) -> list[str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep counters, kernel-log cursor and Xids here between runs.",
 )
+@click.option(
+    "--level",
+    type=click.IntRange(1, 4),
+    help="Also run the intensive checks, DCGM diagnostics at this run level (dcgmi diag -r N): "
+    "what the quarantine and sweep diagnostics Jobs run.",
+)
+@click.option(
+    "--termination-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a compact verdict {verdict, severity, findings} here (a Kubernetes "
+    "container's /dev/termination-log, read back by the diagnostics Job's caller).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @click.option("--list", "list_checks", is_flag=True, help="List the checks and exit.")
 def check_command(
@@ -77,6 +90,8 @@ def check_command(
     profiles_file,
     xid_overrides,
     state_file,
+    level,
+    termination_log,
     as_json,
     list_checks,
 ) -> None:
@@ -86,6 +101,7 @@ def check_command(
     """
     from gpufleet.gpu import open_backend
     from gpufleet.gpu.simulated import FleetSpecError
+    from gpufleet.health.checks import CheckConfig
     from gpufleet.health.engine import HealthEngine, describe_checks
     from gpufleet.health.profiles import ProfileError, load_profiles
     from gpufleet.health.state import HealthState
@@ -111,19 +127,43 @@ def check_command(
             state=state,
             catalog=XidCatalog.load(xid_overrides or DEFAULT_OPERATOR_OVERRIDES),
             profiles=load_profiles(list(profiles_file)),
+            config=CheckConfig(dcgm_level=level) if level else None,
         )
-        report = engine.run(tuple(cost_classes) or ("lightweight", "periodic"))
+        classes = tuple(cost_classes) or ("lightweight", "periodic")
+        if level and "intensive" not in classes:
+            classes += ("intensive",)
+        report = engine.run(classes)
     except (ProfileError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     finally:
         gpu_backend.close()
     if state_file:
         state.save(state_file)
+    if termination_log:
+        termination_log.write_text(termination_message(report))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(render_table(report))
     sys.exit(EXIT_CODES[report.status])
+
+
+# Kubernetes keeps at most 4096 bytes of a container's termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def termination_message(report) -> str:
+    """The verdict the diagnostics Job's caller reads (gpufleet.kube.diagnostics.verdict)."""
+    findings = [f.to_dict() for f in report.findings]
+    while True:
+        message = json.dumps(
+            {"verdict": "pass" if report.status.value == "pass" else "fail",
+             "severity": report.verdict.name, "status": report.status.value, "findings": findings},
+            separators=(",", ":"),
+        )
+        if len(message.encode()) <= TERMINATION_MESSAGE_LIMIT or not findings:
+            return message
+        findings = findings[:-1]  # keep the most severe first findings that fit
 
 
 def render_table(report) -> str:
@@ -224,3 +264,95 @@ def inject_command(faults, node, gpu, xid, message, settings, clear, reboot) -> 
         path, node, gpu=gpu, settings=parsed, xid=xid, message=message, clear=clear, reboot=reboot
     )
     click.echo(json.dumps({"faults": str(path), "node": node, "state": result}, indent=1))
+
+
+@health.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="/etc/gpufleet/health.toml",
+    show_default=True,
+    help="The agent's TOML config (absent at the default path: all defaults).",
+)
+@click.option("--check-config", is_flag=True, help="Validate the config, print it as JSON and exit.")
+@click.option("--once", is_flag=True, help="Run one full cycle (publishing to every sink) and exit.")
+def run_command(config_path, check_config, once) -> None:
+    """Run the GPU health agent (gpufleet-health.service).
+
+    Lightweight checks every `interval`, periodic ones every `periodic_interval`,
+    an immediate cycle on every Xid event; publishes to the Kubernetes node,
+    /var/lib/gpufleet/health.json and :9401/metrics. SIGHUP re-reads the config;
+    SIGTERM stops without touching the node (a fence stays).
+    """
+    import dataclasses
+
+    from gpufleet.health.config import ConfigError, load_config
+    from gpufleet.health.logs import setup_logging
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if check_config:
+        click.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+        return
+    setup_logging(config.log_level, config.log_format)
+    from gpufleet.gpu.simulated import FleetSpecError
+    from gpufleet.health.daemon import PERIODIC, HealthAgent
+
+    try:
+        agent = HealthAgent(config)
+    except (FleetSpecError, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot start the health agent: {exc}") from exc
+    if once:
+        result = agent.cycle(PERIODIC)
+        agent.backend.close()
+        click.echo(render_table(result.report))
+        sys.exit(EXIT_CODES[result.report.status])
+    agent.serve(config_path)
+
+
+@health.command("status")
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="/var/lib/gpufleet/health.json",
+    show_default=True,
+    help="The agent's state file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole state file.")
+def status_command(state_file, as_json) -> None:
+    """Show what the running health agent last decided (from its state file).
+
+    Exit code as `health check` (0 pass, 1 warn, 3 fail, 4 unknown); 5 when there is no state yet.
+    """
+    from gpufleet.health.severity import HealthStatus
+    from gpufleet.health.sinks.state_file import read_state
+
+    state = read_state(state_file)
+    report = state.get("report")
+    if not report:
+        click.echo(f"no health agent state in {state_file} yet", err=True)
+        sys.exit(5)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        sys.exit(EXIT_CODES[HealthStatus(report["status"])])
+    agent, fence = state.get("agent") or {}, state.get("fence") or {}
+    updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(agent.get("updated") or report["time"]))
+    click.echo(f"node:        {report['node']}")
+    click.echo(f"status:      {report['status']} (verdict {report['verdict']})")
+    click.echo(f"last check:  {updated}")
+    streak = fence.get("healthy_streak", 0)
+    click.echo(f"fence:       {fence.get('last_action', 'none')}; healthy cycles {streak}")
+    click.echo(f"kubernetes:  {agent.get('kubernetes', '?')}")
+    xids = agent.get("xid_events") or {}
+    click.echo("xid events:  " + (", ".join(f"{code}x{n}" for code, n in sorted(xids.items())) or "none"))
+    problems = [f for f in report["findings"] if f["severity"] != "PASS"]
+    for finding in problems:
+        severity, check = finding["severity"], finding["check"]
+        click.echo(f"  {severity:<8} {check:<16} {finding['gpu']}  {finding['message']}")
+    for item in report.get("unknown") or []:
+        click.echo(f"  UNKNOWN  {item['check']:<16} {item['reason']}")
+    sys.exit(EXIT_CODES[HealthStatus(report["status"])])

@@ -24,7 +24,15 @@ from kubernetes.client.rest import ApiException
 from gpufleet.kube.api import KubeApi
 
 DEFAULT_IMAGE = "ghcr.io/gpufleet/health-agent:latest"
-DEFAULT_COMMAND = ["gpufleet", "health", "check", "--level", "4", "--termination-log", "/dev/termination-log"]
+
+
+def diagnostics_command(level: int) -> list[str]:
+    """The health agent's one-shot check at a DCGM run level, verdict to the termination log."""
+    return ["gpufleet", "health", "check", "--level", str(int(level)), "--termination-log",
+            "/dev/termination-log"]
+
+
+DEFAULT_COMMAND = diagnostics_command(4)  # quarantine: the DCGM level-4 equivalent
 TOLERATED_TAINTS = ("gpufleet.io/quarantine", "gpufleet.io/unhealthy", "gpufleet.io/maintenance")
 RECOMMENDATION = {"PASS": "return", "MONITOR": "return", "RESET": "reset", "REBOOT": "reboot",
                   "ISOLATE": "replace"}
