@@ -117,7 +117,8 @@ def main():
     argument_spec.update(KUBE_AUTH_ARG_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     client, kube_api, diagnostics, fleet = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.diagnostics", "gpufleet.kube.fleet")
+        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.diagnostics",
+        "gpufleet.kube.fleet")
     params = module.params
     command = params["command"] or diagnostics.diagnostics_command(params["level"])
     try:
