@@ -1,8 +1,299 @@
 """`gpufleet place …` commands."""
 
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
 import click
+import yaml
+
+KUBE_OPTIONS = (
+    click.option(
+        "--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig file (default: $KUBECONFIG)."
+    ),
+    click.option("--context", help="Kubeconfig context."),
+)
+
+
+def kube_options(function):
+    for option in reversed(KUBE_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _api_client(kubeconfig: str | None, context: str | None):
+    from gpufleet.kube.client import api_client
+
+    return api_client(kubeconfig=kubeconfig, context=context)
+
+
+def _load_items(path: str) -> list:
+    """Workload manifests (multi-document YAML, or `kind: List`) or resource requests."""
+    items: list = []
+    for document in yaml.safe_load_all(Path(path).read_text()):
+        if document is None:
+            continue
+        if isinstance(document, list):
+            items.extend(document)
+        elif isinstance(document, dict) and document.get("kind") == "List":
+            items.extend(document.get("items") or [])
+        elif isinstance(document, dict) and "requests" in document and "kind" not in document:
+            items.extend(document["requests"])
+        else:
+            items.append(document)
+    return items
 
 
 @click.group()
 def place() -> None:
     """GPU workload placement, replay and benchmarks."""
+
+
+@place.command("nodes")
+@kube_options
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A YAML/CSV snapshot instead of the API.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def nodes_command(kubeconfig, context, cluster_file, as_json) -> None:
+    """A table of GPU nodes: GPUs free/used/shared, model, health, taints."""
+    from gpufleet.placement.filters import node_is_healthy
+
+    if cluster_file:
+        from gpufleet.placement.sources import load_cluster
+
+        cluster = load_cluster(cluster_file)
+    else:
+        from gpufleet.placement.kube import snapshot
+
+        cluster = snapshot(_api_client(kubeconfig, context))
+    rows = []
+    for node in cluster.nodes:
+        rows.append(
+            {
+                "node": node.name,
+                "model": node.gpu_model or "-",
+                "gpus": len(node.gpus),
+                "free": sum(1 for g in node.gpus if g.milli_allocated == 0 and g.health != "fail"),
+                "used": sum(1 for g in node.gpus if g.milli_allocated >= 1000),
+                "shared": sum(1 for g in node.gpus if 0 < g.milli_allocated < 1000),
+                "cpu_free_milli": node.cpu_milli - node.cpu_allocated,
+                "health": node.health,
+                "schedulable": node_is_healthy(node),
+                "taints": [f"{t.key}:{t.effect}" for t in node.taints],
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = f"{'NODE':24} {'MODEL':24} {'GPUS':>4} {'FREE':>4} {'USED':>4} {'SHARED':>6} {'HEALTH':8} TAINTS"
+    click.echo(header)
+    for row in rows:
+        taints = ",".join(row["taints"]) or "-"
+        if not row["schedulable"]:
+            taints += " (not schedulable)"
+        click.echo(
+            f"{row['node']:24} {row['model']:24} {row['gpus']:>4} {row['free']:>4} {row['used']:>4} "
+            f"{row['shared']:>6} {row['health']:8} {taints}"
+        )
+
+
+def _decide_or_submit(
+    file, strategy, tie_break, seed, kubeconfig, context, cluster_file, check, visible_devices, pin, as_json
+):
+    from gpufleet.placement.kube import NothingFits, place_workloads
+    from gpufleet.placement.sources import load_cluster
+
+    cluster = load_cluster(cluster_file) if cluster_file else None
+    client = None if cluster_file else _api_client(kubeconfig, context)
+    if client is None and not check:
+        raise click.UsageError("submit writes to the API: give --kubeconfig, not --cluster")
+    try:
+        if client is None:
+            result = _plan_offline(cluster, _load_items(file), strategy, tie_break, seed)
+        else:
+            result = place_workloads(
+                client,
+                _load_items(file),
+                strategy=strategy,
+                tie_break=tie_break,
+                seed=seed,
+                check=check,
+                pin=pin,
+                visible_devices=visible_devices,
+                cluster=cluster,
+            )
+    except NothingFits as error:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"failed": True, "msg": str(error), "decisions": [d.as_dict() for d in error.decisions]}
+                )
+            )
+        else:
+            click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for entry in result["placements"]:
+        gpus = ",".join(str(g) for g in entry["gpus"]) or "-"
+        line = f"{entry['workload']}: node {entry['node']} GPUs {gpus} score {entry['score']}"
+        line += f" ({entry['action']})"
+        runner_up = entry.get("runner_up")
+        if runner_up:
+            line += f"; runner-up {runner_up['node']} score {runner_up['score']}"
+        click.echo(line)
+        for removed in entry.get("filters") or []:
+            if removed["removed"]:
+                click.echo(f"    filter {removed['filter']} removed {removed['removed']} node(s)")
+
+
+def _plan_offline(cluster, items, strategy, tie_break, seed) -> dict:
+    """Decisions against a snapshot file: nothing is read from or written to an API."""
+    from gpufleet.placement.engine import Placer
+    from gpufleet.placement.kube import NothingFits
+    from gpufleet.placement.strategies import Priority, make
+    from gpufleet.placement.workloads import request_from_item
+
+    chain = [make(strategy)] + [make(name) for name in tie_break if name != strategy]
+    placer = Placer(cluster, chain, seed=seed)
+    queue = chain[0] if isinstance(chain[0], Priority) else Priority()
+    requests = queue.order([request_from_item(item, i) for i, item in enumerate(items)])
+    placer.fleet.typical_requests = placer.fleet.typical_requests + requests
+    decisions = [placer.place(request) for request in requests]
+    failed = [d for d in decisions if not d.placed]
+    if failed:
+        raise NothingFits(failed)
+    return {
+        "changed": False,
+        "placements": [{**d.as_dict(), "changed": False, "action": "planned"} for d in decisions],
+    }
+
+
+def _placement_options(function):
+    options = [
+        click.argument("file", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--strategy", default="best_fit", show_default=True, help="Node scoring strategy."),
+        click.option(
+            "--tie-break",
+            multiple=True,
+            default=("topology",),
+            show_default=True,
+            help="Tie-break strategies, in order.",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed for the final random tie-break."
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return kube_options(function)
+
+
+@place.command("plan")
+@_placement_options
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Plan against a YAML/CSV snapshot instead of the API.",
+)
+def plan_command(file, strategy, tie_break, seed, as_json, kubeconfig, context, cluster_file) -> None:
+    """Decide where the workloads in FILE would go, and why. Nothing is written."""
+    _decide_or_submit(
+        file,
+        strategy,
+        tie_break,
+        seed,
+        kubeconfig,
+        context,
+        cluster_file,
+        True,
+        False,
+        "node_selector",
+        as_json,
+    )
+
+
+@place.command("submit")
+@_placement_options
+@click.option("--visible-devices", is_flag=True, help="Also set NVIDIA_VISIBLE_DEVICES in the containers.")
+@click.option(
+    "--pin", type=click.Choice(["node_selector", "node_affinity"]), default="node_selector", show_default=True
+)
+def submit_command(
+    file, strategy, tie_break, seed, as_json, kubeconfig, context, visible_devices, pin
+) -> None:
+    """Decide and apply: create (or patch) each workload in FILE pinned to its node and GPUs."""
+    _decide_or_submit(
+        file, strategy, tie_break, seed, kubeconfig, context, None, False, visible_devices, pin, as_json
+    )
+
+
+@place.command("replay")
+@click.option(
+    "--nodes",
+    "nodes_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="openb node CSV.",
+)
+@click.option(
+    "--pods", "pods_file", required=True, type=click.Path(exists=True, dir_okay=False), help="openb pod CSV."
+)
+@click.option(
+    "--policy",
+    default="fgd",
+    show_default=True,
+    help="A strategy, or a tie-break chain such as fgd+best_fit.",
+)
+@click.option(
+    "--seed", type=int, multiple=True, default=(0,), show_default=True, help="Seed (repeat for several)."
+)
+@click.option("--sample", type=int, help="Keep this many random nodes and a matching share of the pods.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per seed, in a list).")
+def replay_command(nodes_file, pods_file, policy, seed, sample, as_json) -> None:
+    """Replay an openb trace with the FGD paper's protocol."""
+    from gpufleet.placement.replay import replay_files
+
+    results = [replay_files(nodes_file, pods_file, policy, s, sample=sample) for s in seed]
+    if as_json:
+        click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        return
+    for r in results:
+        click.echo(
+            f"{r['policy']} seed {r['seed']}: allocation {r['alloc_at_100']}% at 100% arrival, "
+            f"{r['alloc_at_130']}% at 130%; fragmentation ratio {r['frag_ratio_at_100']}% / "
+            f"{r['frag_ratio_at_130']}%; failed tasks {r['failed_tasks']} of {r['tasks']} ({r['seconds']} s)"
+        )
+
+
+@place.command("bench")
+@click.option("--nodes", type=int, default=5000, show_default=True)
+@click.option("--gpus-per-node", type=int, default=8, show_default=True)
+@click.option("--decisions", type=int, default=2000, show_default=True, help="Decisions per strategy.")
+@click.option("--strategy", "strategies", multiple=True, help="Strategies to time (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_command(nodes, gpus_per_node, decisions, strategies, seed, as_json) -> None:
+    """Decisions per second per strategy on a synthetic half-full fleet."""
+    from gpufleet.placement.bench import BENCH_STRATEGIES, bench
+
+    results = bench(nodes, gpus_per_node, decisions, strategies or BENCH_STRATEGIES, seed)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"{nodes} nodes x {gpus_per_node} GPUs, {decisions} decisions each")
+    click.echo(f"{'STRATEGY':16} {'DECISIONS/S':>12} {'WARM/S':>10} {'P99 MS':>8} {'PLACED':>7}")
+    for r in results:
+        click.echo(
+            f"{r['strategy']:16} {r['decisions_per_second']:>12} {r['warm_decisions_per_second']:>10} "
+            f"{r['p99_ms']:>8} {r['placed']:>7}"
+        )
