@@ -38,7 +38,8 @@ def test_failed_job_returns_its_verdict_and_recommendation(kube_api, ansible_pla
     result = ansible_playbook([diagnostics_task(kube_api, level=2, timeout=60)])
     assert result.returncode == 0, result.stdout
     verdict = result.task("diagnose")["result"]
-    assert (verdict["verdict"], verdict["severity"], verdict["recommendation"]) == ("fail", "ISOLATE", "replace")
+    outcome = (verdict["verdict"], verdict["severity"], verdict["recommendation"])
+    assert outcome == ("fail", "ISOLATE", "replace")
     assert verdict["job"] == "kube-system/gpufleet-diag-gpu-a"
     job = kube_api.get_object("jobs", "gpufleet-diag-gpu-a", "kube-system")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][3:5] == ["--level", "2"]

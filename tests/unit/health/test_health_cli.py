@@ -201,7 +201,6 @@ def test_check_level_runs_dcgm_and_writes_termination_log(tmp_path, monkeypatch)
     import json
 
     from click.testing import CliRunner
-
     from gpufleet.cli import main
     from gpufleet.kube.diagnostics import DEFAULT_COMMAND, verdict
 
