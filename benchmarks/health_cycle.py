@@ -32,8 +32,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         faults = Path(tmp) / "faults.json"
         if args.fault:
-            inject(faults, "sim-node-0", gpu=3, settings={"remapped_rows.pending": True,
-                                                          "nvlink_rising.crc_flit_errors": 60})
+            inject(
+                faults,
+                "sim-node-0",
+                gpu=3,
+                settings={"remapped_rows.pending": True, "nvlink_rising.crc_flit_errors": 60},
+            )
             inject(faults, "sim-node-0", gpu=5, xid=79, message="GPU has fallen off the bus.")
         backend = SimulatedBackend(faults=faults)
         engine = HealthEngine(backend, profile=backend.profile_name, state=HealthState())
@@ -45,10 +49,14 @@ def main() -> None:
             report = engine.run(("lightweight",))
             cpu_ms.append((time.process_time_ns() - cpu0) / 1e6)
             wall_ms.append((time.perf_counter_ns() - wall0) / 1e6)
-    print(f"lightweight cycle, simulated 8x H100, {len(report.checks)} checks, {args.cycles} cycles"
-          f"{' (with faults)' if args.fault else ''}")
-    print(f"  CPU  ms: p50 {percentile(cpu_ms, 50):.3f}  p99 {percentile(cpu_ms, 99):.3f}  "
-          f"mean {statistics.fmean(cpu_ms):.3f}  max {max(cpu_ms):.3f}")
+    print(
+        f"lightweight cycle, simulated 8x H100, {len(report.checks)} checks, {args.cycles} cycles"
+        f"{' (with faults)' if args.fault else ''}"
+    )
+    print(
+        f"  CPU  ms: p50 {percentile(cpu_ms, 50):.3f}  p99 {percentile(cpu_ms, 99):.3f}  "
+        f"mean {statistics.fmean(cpu_ms):.3f}  max {max(cpu_ms):.3f}"
+    )
     print(f"  wall ms: p50 {percentile(wall_ms, 50):.3f}  p99 {percentile(wall_ms, 99):.3f}")
     print(f"  target: CPU p99 <= 20 ms -> {'met' if percentile(cpu_ms, 99) <= 20 else 'NOT met'}")
     print(f"  last verdict: {report.verdict.name} ({report.status.value})")

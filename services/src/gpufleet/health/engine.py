@@ -176,6 +176,7 @@ class HealthEngine:
                     "model": g.model,
                     "pci_bus_id": g.pci_bus_id,
                     "memory_mib": g.memory_total_mib,
+                    "nvlinks_active": sum(1 for link in g.nvlinks if link.active),
                 }
                 for g in (reading.gpus if reading else [])
             ],

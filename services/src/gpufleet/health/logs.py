@@ -1,0 +1,57 @@
+"""Structured logs on stderr, journald-friendly.
+
+One line per event, logfmt (`level=info event=fence node=gpu-1 verdict=RESET ...`)
+or JSON. Under systemd (JOURNAL_STREAM set) each line starts with the syslog
+priority (`<4>`), which journald turns into the entry's PRIORITY, and no
+timestamp (journald adds its own).
+
+    log.info("fenced", extra={"fields": {"node": name, "verdict": "RESET"}})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def _logfmt_value(value) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+class StructuredFormatter(logging.Formatter):
+    def __init__(self, style: str = "logfmt", journald: bool = False):
+        super().__init__()
+        self.style_name = style
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        fields.update({k: v for k, v in (getattr(record, "fields", {}) or {}).items() if v is not None})
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        if not self.journald:
+            fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z", **fields}
+        if self.style_name == "json":
+            line = json.dumps(fields, default=str, separators=(",", ":"))
+        else:
+            line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        if self.journald:
+            line = f"<{PRIORITIES.get(record.levelno, 6)}>{line}"
+        return line
+
+
+def setup_logging(level: str = "info", style: str = "logfmt") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StructuredFormatter(style, journald=bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger("gpufleet")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
