@@ -1,0 +1,1 @@
+"""Kernel backends: local (systemd units or subprocesses) and kubernetes (pods)."""

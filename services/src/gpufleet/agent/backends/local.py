@@ -1,0 +1,278 @@
+"""The local backend: each kernel a transient systemd unit, or a supervised subprocess.
+
+With systemd as PID 1 a kernel is `systemd-run --unit gpufleet-kernel-<kid>`
+with CPUQuota/MemoryMax from its slots and CUDA_VISIBLE_DEVICES from its GPUs,
+so the cgroup enforces the limits and `systemctl` shows it. Without systemd
+(containers, CI) the kernel is a child process in its own session; limits are
+then not enforced (only the GPU visibility is), which `gather_hwinfo` reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
+from gpufleet.agent.registry import KernelRecord
+from gpufleet.agent.runner_client import RunnerError, wait_runner_ready
+
+STOP_GRACE_SECONDS = 3.0
+ADOPTED_POLL_SECONDS = 1.0
+
+
+def systemd_is_running() -> bool:
+    """systemd's own test (sd_booted): /run/systemd/system exists only under systemd as init."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def unit_name(kernel_id: str) -> str:
+    return f"gpufleet-kernel-{kernel_id}.service"
+
+
+def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
+    gpus = record.allocation.get("gpus", [])
+    env = {
+        "HOME": str(workdir),
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        # An empty value hides every GPU: a kernel sees exactly the ones it was given.
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+        "BACKENDAI_KERNEL_ID": record.kernel_id,
+        "BACKENDAI_SESSION_ID": record.session_id,
+    }
+    env.update(record.environ)
+    return env
+
+
+def runner_argv(python: str, runner: Path, port: int, token_file: Path, workdir: Path,
+                host: str = "127.0.0.1") -> list[str]:
+    return [python, "-u", str(runner), "--host", host, "--port", str(port),
+            "--token-file", str(token_file), "--workdir", str(workdir)]
+
+
+def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[str], workdir: Path,
+                     log_path: Path, owner: tuple[int, int] | None = None) -> list[str]:
+    """The transient unit for one kernel: limits from its slots, GPUs through the environment."""
+    cpu_percent = max(1, round(float(record.allocation["cpu"]) * 100))
+    argv = [
+        "systemd-run", f"--unit={unit_name(record.kernel_id)}", "--collect",
+        "--service-type=exec",
+        f"--property=CPUQuota={cpu_percent}%",
+        f"--property=MemoryMax={int(record.allocation['mem'])}",
+        "--property=MemorySwapMax=0",
+        "--property=KillMode=control-group",
+        f"--property=TimeoutStopSec={int(STOP_GRACE_SECONDS)}",
+        f"--property=StandardOutput=append:{log_path}",
+        f"--property=StandardError=append:{log_path}",
+        f"--working-directory={workdir}",
+        "--description=gpufleet kernel " + record.kernel_id,
+    ]
+    if owner is not None:
+        argv += [f"--uid={owner[0]}", f"--gid={owner[1]}", "--property=NoNewPrivileges=yes"]
+    argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
+    return argv + ["--", *command]
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (read once: the process may vanish any time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: tells a live kernel from a recycled pid."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+async def _run(argv: list[str], timeout: float = 15.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, f"{argv[0]} timed out"
+    return proc.returncode, out.decode(errors="replace")
+
+
+class LocalBackend(KernelBackend):
+    name = "local"
+
+    def __init__(self, mode: str = "auto", python: str = sys.executable) -> None:
+        super().__init__()
+        if mode == "auto":
+            mode = "systemd" if systemd_is_running() else "subprocess"
+        self.mode = mode
+        self.python = python
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: dict[str, asyncio.Task] = {}
+        self._stopping: set[str] = set()
+
+    @staticmethod
+    def log_path(spec_or_record_config_dir: Path) -> Path:
+        return spec_or_record_config_dir / "kernel.log"
+
+    async def create(self, spec: LaunchSpec) -> None:
+        record = spec.record
+        runner = spec.scratch.write_runner(RUNNER_SOURCE, record.runner_token)
+        record.runner_host, record.runner_port = "127.0.0.1", record.ports[0]
+        command = runner_argv(self.python, runner, record.runner_port, spec.scratch.config / "runner.token",
+                              spec.scratch.work)
+        env = kernel_environment(record, spec.scratch.work)
+        log_path = self.log_path(spec.scratch.config)
+        record.backend_data = {"mode": self.mode, "config_dir": str(spec.scratch.config)}
+        try:
+            if self.mode == "systemd":
+                await self._start_unit(record, env, command, spec.scratch.work, log_path, spec.scratch.owner)
+                alive = None
+            else:
+                alive = await self._start_child(record, env, command, spec.scratch.work, log_path,
+                                                spec.scratch.owner)
+            await wait_runner_ready(record.runner_host, record.runner_port, record.runner_token,
+                                    spec.ready_timeout, alive=alive or (lambda: True))
+        except (RunnerError, OSError) as exc:
+            await self.destroy(record)
+            raise BackendError(f"kernel {record.kernel_id} failed to start: {exc}") from exc
+        except BaseException:
+            await self.destroy(record)
+            raise
+        self._watch(record)
+
+    async def _start_child(self, record, env, command, workdir, log_path, owner):
+        log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed right after spawn
+        identity = {} if owner is None else {"user": owner[0], "group": owner[1], "extra_groups": []}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True, **identity)
+        finally:
+            log.close()
+        self._children[record.kernel_id] = proc
+        record.container_id = f"pid-{proc.pid}"
+        record.backend_data.update(pid=proc.pid, start_time=process_start_time(proc.pid))
+        return lambda: proc.returncode is None
+
+    async def _start_unit(self, record, env, command, workdir, log_path, owner):
+        unit = unit_name(record.kernel_id)
+        code, out = await _run(systemd_run_argv(record, env, command, workdir, log_path, owner))
+        if code != 0:
+            # systemd-run only says "Job failed"; the unit's journal says why (e.g. unknown user).
+            _, journal = await _run(["journalctl", "-u", unit, "-n", "5", "-o", "cat", "--no-pager"])
+            raise BackendError(f"systemd-run failed for {unit}: {out.strip()} {journal.strip()}".strip())
+        record.container_id = unit
+        record.backend_data["unit"] = unit
+
+    def _watch(self, record: KernelRecord) -> None:
+        proc = self._children.get(record.kernel_id)
+        self._watchers[record.kernel_id] = asyncio.ensure_future(self._supervise(record, proc))
+
+    async def _supervise(self, record: KernelRecord, proc) -> None:
+        """Report an exit the agent did not ask for (crash, OOM kill, `exit()` of the runner)."""
+        if proc is not None:
+            exit_code = await proc.wait()
+        else:
+            while await self.is_alive(record):
+                await asyncio.sleep(ADOPTED_POLL_SECONDS)
+            exit_code = await self._unit_exit_code(record) if self.mode == "systemd" else None
+        self._children.pop(record.kernel_id, None)
+        self._watchers.pop(record.kernel_id, None)
+        if record.kernel_id not in self._stopping:
+            await self._report_exit(record.kernel_id, exit_code)
+
+    async def _unit_exit_code(self, record: KernelRecord) -> int | None:
+        code, out = await _run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
+                                record.backend_data.get("unit", unit_name(record.kernel_id))])
+        return int(out.strip()) if code == 0 and out.strip().isdigit() else None
+
+    async def destroy(self, record: KernelRecord) -> int | None:
+        kid = record.kernel_id
+        self._stopping.add(kid)
+        try:
+            watcher = self._watchers.pop(kid, None)
+            if record.backend_data.get("mode", self.mode) == "systemd":
+                exit_code = await self._stop_unit(record)
+            else:
+                exit_code = await self._stop_child(record)
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+            return exit_code
+        finally:
+            self._stopping.discard(kid)
+
+    async def _stop_unit(self, record: KernelRecord) -> int | None:
+        unit = record.backend_data.get("unit", unit_name(record.kernel_id))
+        exit_code = None
+        if await self.is_alive(record):
+            await _run(["systemctl", "stop", unit], timeout=STOP_GRACE_SECONDS + 10)
+            exit_code = await self._unit_exit_code(record)
+        await _run(["systemctl", "reset-failed", unit])
+        return exit_code
+
+    async def _stop_child(self, record: KernelRecord) -> int | None:
+        proc = self._children.pop(record.kernel_id, None)
+        pid = proc.pid if proc is not None else record.backend_data.get("pid")
+        if pid is None:
+            return None
+        if proc is None and not await self.is_alive(record):
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        if proc is not None:
+            try:
+                return await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                return await proc.wait()
+        # An adopted kernel is not our child: poll until it is gone.
+        for _ in range(int(STOP_GRACE_SECONDS / 0.05)):
+            if not await self.is_alive(record):
+                return None
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return None
+
+    async def is_alive(self, record: KernelRecord) -> bool:
+        if record.backend_data.get("mode", self.mode) == "systemd":
+            unit = record.backend_data.get("unit", unit_name(record.kernel_id))
+            code, _ = await _run(["systemctl", "is-active", "--quiet", unit])
+            return code == 0
+        proc = self._children.get(record.kernel_id)
+        if proc is not None:
+            return proc.returncode is None
+        pid, start_time = record.backend_data.get("pid"), record.backend_data.get("start_time")
+        if not pid:
+            return False
+        fields = _proc_stat(pid)
+        # Same start time (not a recycled pid) and not a zombie waiting to be reaped.
+        return fields is not None and int(fields[19]) == start_time and fields[0] != "Z"
+
+    async def adopt(self, record: KernelRecord) -> None:
+        self._watch(record)
+
+    async def logs(self, record: KernelRecord, tail_bytes: int = 65536) -> str:
+        path = self.log_path(Path(record.backend_data.get("config_dir", "")))
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - tail_bytes))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    async def close(self) -> None:
+        for task in list(self._watchers.values()):
+            task.cancel()
+        self._watchers.clear()

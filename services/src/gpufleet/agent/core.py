@@ -1,0 +1,471 @@
+"""The agent: kernels' lifecycle, resources, registry, events and registration.
+
+Every RPC method lands in one method of `Agent`; the RPC layer only validates
+and translates errors. Resources taken for a kernel (slots, ports, scratch) are
+released in exactly one place, `_release`, reached from every exit path:
+a failed creation, a destroy, a kernel that exits by itself, a kernel found
+dead after an agent restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import socket
+import time
+import uuid
+from typing import Any
+
+from gpufleet import __version__
+from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec
+from gpufleet.agent.config import AgentConfig
+from gpufleet.agent.etcd import AgentEtcd, EtcdUnavailable
+from gpufleet.agent.events import EventPublisher
+from gpufleet.agent.metrics import AgentMetrics
+from gpufleet.agent.registry import KernelRecord, KernelRegistry, Scratch
+from gpufleet.agent.resources import PortPool, ResourceAllocator, ResourceError, SlotCapacity
+from gpufleet.agent.runner_client import RunnerError, runner_request
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 8 << 20
+
+
+class KernelNotFound(LookupError):
+    pass
+
+
+class KernelStateError(Exception):
+    """The kernel exists but cannot do this now (e.g. not running yet)."""
+
+
+def make_backend(config: AgentConfig) -> KernelBackend:
+    if config.agent.backend == "kubernetes":
+        from gpufleet.agent.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(config)
+    from gpufleet.agent.backends.local import LocalBackend
+
+    return LocalBackend(mode=config.agent.local_mode)
+
+
+def default_host_ip() -> str:
+    """The address other nodes reach us on: the source address of the default route."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+        return sock.getsockname()[0]
+    return "127.0.0.1"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, backend: KernelBackend | None = None,
+                 capacity: SlotCapacity | None = None) -> None:
+        self.config = config
+        self.id = config.agent.id
+        self.backend = backend or make_backend(config)
+        self.capacity = capacity or self._detect_capacity()
+        self.allocator = ResourceAllocator(self.capacity)
+        self.ports = PortPool(*config.container.port_range)
+        self.registry = KernelRegistry(config.agent.state_dir)
+        self.kernel_owner = config.container.kernel_owner()
+        self.backend.on_exit = self._kernel_exited
+        self.metrics = AgentMetrics()
+        self.events = EventPublisher(self.id, on_drop=self.metrics.events_dropped.inc)
+        self.etcd: AgentEtcd | None = None
+        self.etcd_status = "disabled" if not config.etcd.enabled else "connecting"
+        self.host_ip = config.agent.advertised_host or default_host_ip()
+        self.started_at = time.time()
+        self.last_heartbeat: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._kernel_locks: dict[str, asyncio.Lock] = {}
+        # Failure injection for tests: a callable(stage, kernel_id) that may raise.
+        self.fault_hook = None
+
+    def _detect_capacity(self) -> SlotCapacity:
+        """The cluster's allocatable slots for the kubernetes backend, else this host's."""
+        cluster_capacity = getattr(self.backend, "cluster_capacity", None)
+        if cluster_capacity is not None:
+            try:
+                return cluster_capacity()
+            except Exception as exc:  # noqa: BLE001 - API down at start: fall back, say so
+                log.warning("cluster capacity unavailable (%s); using this host's", exc)
+        return SlotCapacity.from_host(self.config.resource)
+
+    # --- startup / shutdown -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.config.container.scratch_root.mkdir(parents=True, exist_ok=True)
+        await self.reconcile()
+        self.events.start()
+        if self.config.redis_addr is not None:
+            self.events.configure(self.config.redis_addr, self.config.redis_password)
+        self.events.publish("agent_started", reason="self-started", id=self.id)
+        if self.config.etcd.enabled:
+            self.etcd = AgentEtcd(self.config.etcd, self.id)
+            self._tasks.append(asyncio.ensure_future(self._etcd_loop()))
+        self._tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
+
+    async def stop(self, destroy_kernels: bool = False) -> None:
+        """Stop the agent; kernels keep running (and are adopted on restart) unless asked."""
+        if destroy_kernels:
+            for record in self.registry.all():
+                with contextlib.suppress(Exception):
+                    await self.destroy_kernel(record.kernel_id, reason="agent-shutdown")
+        if self.etcd is not None:
+            with contextlib.suppress(EtcdUnavailable):
+                await asyncio.wait_for(self.etcd.put(f"nodes/agents/{self.id}", "terminated"), 3)
+        self.events.publish("agent_terminated", reason="shutdown")
+        if self.events.connected:  # unreachable Redis: keep nothing waiting on shutdown
+            await self.events.flush(timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.backend.close()
+        await self.events.close()
+
+    async def _etcd_loop(self) -> None:
+        """Register (starting → running), learn Redis from the global config; repeat to survive restarts."""
+        assert self.etcd is not None
+        registered_running = False
+        wait_started = time.monotonic()
+        delay = 0.2
+        while True:
+            try:
+                if not registered_running:
+                    await self.etcd.register("starting", self.host_ip)
+                    self.etcd_status = "starting"
+                if self.config.redis_addr is None and self.events.redis is None:
+                    addr, password = await self.etcd.redis_config()
+                    if addr is None:
+                        raise EtcdUnavailable("config/redis/addr is not set yet")
+                    self.events.configure(addr, password)
+                if not registered_running:
+                    waited = time.monotonic() - wait_started
+                    timeout = self.config.etcd.manager_wait_timeout
+                    if self.config.etcd.wait_for_manager and not await self.etcd.managers():
+                        if not timeout or waited < timeout:
+                            raise EtcdUnavailable("waiting for a manager under nodes/manager/")
+                    await self.etcd.register("running", self.host_ip)
+                    registered_running = True
+                    self.etcd_status = "running"
+                else:
+                    # Re-assert the keys: an etcd that lost its data gets them back.
+                    await self.etcd.register("running", self.host_ip)
+                    self.etcd_status = "running"
+                delay = 0.2
+                await asyncio.sleep(min(self.config.debug.heartbeat_interval, 5.0))
+            except EtcdUnavailable as exc:
+                if self.etcd_status == "running":
+                    self.events.publish("agent_error", message=f"etcd unavailable: {exc}")
+                self.etcd_status = f"waiting: {exc}" if "waiting" in str(exc) or "not set" in str(exc) \
+                    else "unreachable"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self.heartbeat()
+            await self.write_stats()
+            await asyncio.sleep(self.config.debug.heartbeat_interval)
+
+    def heartbeat(self) -> None:
+        self.last_heartbeat = time.time()
+        self.events.publish("agent_heartbeat", **self.heartbeat_info())
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "addr": f"tcp://{self.host_ip}:{self.config.agent.rpc_listen_addr.port}",
+            "region": self.config.agent.region, "scaling_group": self.config.agent.scaling_group,
+            "version": __version__, "architecture": platform.machine(),
+            "backend": self.config.agent.backend,
+            "resource_slots": {k: str(v) for k, v in self.capacity.slots().items()},
+            "resource_slot_types": {"cpu": "count", "mem": "bytes", "cuda.device": "count"},
+            "available_slots": {k: str(v) for k, v in self.available_slots().items()},
+            "kernels": len(self.registry),
+        }
+
+    def available_slots(self) -> dict[str, Any]:
+        used = self.allocator.used()
+        return {k: v - used[k] for k, v in self.capacity.slots().items()}
+
+    async def write_stats(self) -> None:
+        ttl = self.config.debug.heartbeat_interval * 3
+        used = self.allocator.used()
+        self.metrics.observe_agent(self, used)
+        await self.events.write_stats(f"gpufleet.agent.{self.id}.stats", {
+            "time": time.time(), "kernels": len(self.registry), "used_slots": used,
+            "capacity": self.capacity.slots(), "ports_free": self.ports.free_count()}, ttl)
+        for record in self.registry.all():
+            await self.events.write_stats(f"gpufleet.kernel.{record.kernel_id}.stats", {
+                "time": time.time(), "status": record.status, "slots": record.allocation_obj.slots(),
+                "gpu_indices": record.allocation.get("gpus", []),
+                "uptime": time.time() - (record.started_at or record.created_at)}, ttl)
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self) -> dict[str, list[str]]:
+        """Adopt kernels that still run; report the others terminated and free what they held."""
+        adopted, lost = [], []
+        records = self.registry.load() if not len(self.registry) else self.registry.all()
+        for record in records:
+            alive = await self.backend.is_alive(record)
+            if alive and record.status != "running":
+                # Caught mid-creation or mid-destroy by the restart: finish it off.
+                with contextlib.suppress(BackendError):
+                    await self.backend.destroy(record)
+                alive = False
+            if alive:
+                if self.allocator.allocations().get(record.kernel_id) is None:
+                    self.allocator.restore(record.allocation_obj)
+                    self.ports.claim(record.kernel_id, record.ports)
+                    await self.backend.adopt(record)
+                adopted.append(record.kernel_id)
+            else:
+                lost.append(record.kernel_id)
+                await self._release(record, reason="agent-restart-lost", exit_code=None)
+        self.metrics.kernels.set(len(self.registry))
+        return {"adopted": adopted, "terminated": lost}
+
+    # --- kernel lifecycle -------------------------------------------------------------------
+
+    def _lock(self, kernel_id: str) -> asyncio.Lock:
+        return self._kernel_locks.setdefault(kernel_id, asyncio.Lock())
+
+    def _inject(self, stage: str, kernel_id: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(stage, kernel_id)
+
+    def get_kernel(self, kernel_id: str) -> KernelRecord:
+        record = self.registry.get(kernel_id)
+        if record is None:
+            raise KernelNotFound(f"kernel {kernel_id} not found")
+        return record
+
+    async def create_kernel(self, *, cpu: float = 1.0, mem: int = 512 << 20, gpus: int = 0,
+                            service_ports: int = 0, session_id: str | None = None,
+                            kernel_id: str | None = None, environ: dict[str, str] | None = None,
+                            image: str | None = None) -> KernelRecord:
+        kid = kernel_id or uuid.uuid4().hex[:12]
+        if self.registry.get(kid) is not None:
+            raise KernelStateError(f"kernel {kid} already exists")
+        session_id = session_id or kid
+        self.events.publish("kernel_preparing", kernel_id=kid, session_id=session_id)
+        try:
+            allocation = self.allocator.allocate(kid, cpu, mem, gpus)
+        except ResourceError as exc:
+            # Nothing was taken; the event closes the kernel_preparing just sent.
+            self.events.publish("kernel_terminated", kernel_id=kid, session_id=session_id,
+                                reason="insufficient-resources", exit_code=None, error=str(exc))
+            raise
+        record: KernelRecord | None = None
+        backend_started = False
+        try:
+            ports = self.ports.take(kid, 1 + service_ports)
+            record = KernelRecord(
+                kernel_id=kid, session_id=session_id, status="preparing", allocation=allocation.to_dict(),
+                ports=ports, runner_token=secrets.token_hex(16), backend=self.backend.name,
+                image=image or self.config.agent.kernel_image, environ=dict(environ or {}))
+            self._inject("prepare", kid)
+            scratch = Scratch(self.config.container.scratch_root, kid, self.kernel_owner)
+            scratch.create(self._kernel_environ(record), allocation.slots(), list(allocation.gpus))
+            record.status = "creating"
+            self.registry.put(record)
+            self.events.publish("kernel_creating", kernel_id=kid, session_id=session_id)
+            self._inject("create", kid)
+            started = time.monotonic()
+            await self.backend.create(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
+            backend_started = True
+            self.metrics.kernel_creation_seconds.observe(time.monotonic() - started)
+            self._inject("started", kid)
+            record.status, record.started_at = "running", time.time()
+            self.registry.put(record)
+        except BaseException as exc:
+            if backend_started:
+                # The backend started it but a later step failed: stop it too.
+                with contextlib.suppress(Exception):
+                    await self.backend.destroy(record)
+            reason = "failed-to-start" if not isinstance(exc, asyncio.CancelledError) else "cancelled"
+            if record is None:
+                self.allocator.release(kid)
+                self.ports.release_owner(kid)
+                self.events.publish("kernel_terminated", kernel_id=kid, session_id=session_id,
+                                    reason=reason, exit_code=None, error=str(exc))
+            else:
+                await self._release(record, reason=reason, exit_code=None, error=str(exc))
+            self.metrics.kernel_failures.inc()
+            raise
+        self.events.publish("kernel_started", kernel_id=kid, session_id=session_id,
+                            container_id=record.container_id, gpu_indices=list(allocation.gpus),
+                            ports=record.ports)
+        self.metrics.kernels.set(len(self.registry))
+        return record
+
+    def _kernel_environ(self, record: KernelRecord) -> dict[str, str]:
+        env = {"BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
+               "BACKENDAI_AGENT_ID": self.id,
+               "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in record.allocation.get("gpus", []))}
+        env.update(record.environ)
+        return env
+
+    async def _release(self, record: KernelRecord, *, reason: str, exit_code: int | None,
+                       error: str | None = None) -> None:
+        """The one place a kernel's slots, ports, scratch and registry entry are given back."""
+        kid = record.kernel_id
+        self.allocator.release(kid)
+        self.ports.release_owner(kid)
+        Scratch(self.config.container.scratch_root, kid).remove()
+        self.registry.remove(kid)
+        self._kernel_locks.pop(kid, None)
+        args = {"kernel_id": kid, "session_id": record.session_id, "reason": reason, "exit_code": exit_code}
+        if error:
+            args["error"] = error
+        self.events.publish("kernel_terminated", **args)
+        self.metrics.kernels.set(len(self.registry))
+
+    async def destroy_kernel(self, kernel_id: str, reason: str = "user-requested") -> dict[str, Any]:
+        record = self.get_kernel(kernel_id)
+        async with self._lock(kernel_id):
+            if self.registry.get(kernel_id) is None:
+                raise KernelNotFound(f"kernel {kernel_id} not found")
+            record.status = "terminating"
+            exit_code = None
+            try:
+                exit_code = await self.backend.destroy(record)
+            except BackendError as exc:
+                self.events.publish("agent_error", message=f"destroying {kernel_id}: {exc}")
+            finally:
+                await self._release(record, reason=reason, exit_code=exit_code)
+        return {"kernel_id": kernel_id, "exit_code": exit_code, "reason": reason}
+
+    async def restart_kernel(self, kernel_id: str) -> KernelRecord:
+        """A fresh kernel with the same id and resources (the namespace is reset)."""
+        record = self.get_kernel(kernel_id)
+        slots = record.allocation_obj
+        await self.destroy_kernel(kernel_id, reason="restarting")
+        return await self.create_kernel(cpu=slots.cpu, mem=slots.mem, gpus=len(slots.gpus),
+                                        service_ports=len(record.ports) - 1, session_id=record.session_id,
+                                        kernel_id=kernel_id, environ=record.environ, image=record.image)
+
+    async def _kernel_exited(self, kernel_id: str, exit_code: int | None) -> None:
+        record = self.registry.get(kernel_id)
+        if record is None or record.status != "running":
+            return
+        await self._release(record, reason="self-terminated", exit_code=exit_code)
+
+    # --- execution -------------------------------------------------------------------------
+
+    def _running(self, kernel_id: str) -> KernelRecord:
+        record = self.get_kernel(kernel_id)
+        if record.status != "running":
+            raise KernelStateError(f"kernel {kernel_id} is {record.status}")
+        return record
+
+    async def execute(self, kernel_id: str, mode: str, code: str, timeout: float | None = None,
+                      run_id: str | None = None) -> dict[str, Any]:
+        record = self._running(kernel_id)
+        request = {"op": "execute", "mode": mode, "code": code, "timeout": timeout,
+                   "run_id": run_id or uuid.uuid4().hex}
+        # The runner enforces `timeout`; the agent waits a little longer for its answer.
+        wait = None if timeout is None else timeout + 10
+        try:
+            result = await runner_request(record.runner_host, record.runner_port, record.runner_token,
+                                          request, timeout=wait)
+        except RunnerError as exc:
+            raise KernelStateError(f"kernel {kernel_id}: {exc}") from exc
+        return {"kernel_id": kernel_id, "run_id": result["run_id"], "status": result["status"],
+                "exit_code": result["exit_code"], "duration": result.get("duration"),
+                "console": [["stdout", result["stdout"]], ["stderr", result["stderr"]]],
+                "stdout": result["stdout"], "stderr": result["stderr"]}
+
+    async def interrupt_kernel(self, kernel_id: str) -> dict[str, Any]:
+        record = self._running(kernel_id)
+        try:
+            result = await runner_request(record.runner_host, record.runner_port, record.runner_token,
+                                          {"op": "interrupt"})
+        except RunnerError as exc:
+            raise KernelStateError(f"kernel {kernel_id}: {exc}") from exc
+        return {"kernel_id": kernel_id, "interrupted": result.get("interrupted", False)}
+
+    async def get_logs(self, kernel_id: str) -> dict[str, Any]:
+        record = self.get_kernel(kernel_id)
+        return {"kernel_id": kernel_id, "logs": await self.backend.logs(record)}
+
+    # --- files (inside the kernel's scratch work dir only) --------------------------------
+
+    def _scratch(self, kernel_id: str) -> Scratch:
+        self.get_kernel(kernel_id)
+        return Scratch(self.config.container.scratch_root, kernel_id, self.kernel_owner)
+
+    async def list_files(self, kernel_id: str, path: str = ".") -> dict[str, Any]:
+        target = self._scratch(kernel_id).resolve_inside(path)
+        if not target.is_dir():
+            raise FileNotFoundError(f"{path} is not a directory")
+        entries = []
+        for entry in sorted(target.iterdir()):
+            info = entry.lstat()
+            entries.append({"name": entry.name, "type": "dir" if entry.is_dir() else "file",
+                            "size": info.st_size, "mode": oct(info.st_mode & 0o7777), "mtime": info.st_mtime})
+        return {"kernel_id": kernel_id, "path": path, "files": entries}
+
+    async def upload_file(self, kernel_id: str, path: str, content_b64: str) -> dict[str, Any]:
+        scratch = self._scratch(kernel_id)
+        target = scratch.resolve_inside(path)
+        data = base64.b64decode(content_b64, validate=True)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
+        missing = [p for p in reversed(target.parents) if not p.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for directory in missing:
+            scratch.give(directory)
+        target.write_bytes(data)
+        scratch.give(target)  # the kernel owns what is uploaded into it
+        return {"kernel_id": kernel_id, "path": path, "size": len(data)}
+
+    async def download_file(self, kernel_id: str, path: str) -> dict[str, Any]:
+        target = self._scratch(kernel_id).resolve_inside(path)
+        if not target.is_file():
+            raise FileNotFoundError(f"{path} is not a file")
+        if target.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
+        return {"kernel_id": kernel_id, "path": path,
+                "content_b64": base64.b64encode(target.read_bytes()).decode()}
+
+    # --- ports and info --------------------------------------------------------------------
+
+    def assign_port(self) -> int:
+        return self.ports.take("agent:assigned", 1)[0]
+
+    def release_port(self, port: int) -> bool:
+        return bool(self.ports.release([port], owner="agent:assigned"))
+
+    def health(self) -> dict[str, Any]:
+        age = None if self.last_heartbeat is None else time.time() - self.last_heartbeat
+        return {"status": "ok", "id": self.id, "version": __version__, "backend": self.backend.name,
+                "etcd": self.etcd_status, "redis": "connected" if self.events.connected else "disconnected",
+                "events_buffered": len(self.events.buffer), "events_dropped": self.events.dropped,
+                "kernels": len(self.registry), "heartbeat_age": age,
+                "uptime": time.time() - self.started_at}
+
+    def hwinfo(self) -> dict[str, Any]:
+        backend_info: dict[str, Any] = {"name": self.backend.name}
+        if getattr(self.backend, "mode", None):
+            backend_info["mode"] = self.backend.mode
+            backend_info["limits_enforced"] = self.backend.mode == "systemd"
+        return {"id": self.id, "architecture": platform.machine(), "kernel": platform.release(),
+                "cpu_count": os.cpu_count(), "capacity": self.capacity.slots(),
+                "available": self.available_slots(),
+                "gpus": [{"index": g.index, "model": g.model, "memory": g.memory, "uuid": g.uuid}
+                         for g in self.capacity.gpus],
+                "free_gpu_indices": self.allocator.free_gpu_indices(),
+                "ports": {"range": [self.ports.low, self.ports.high], "free": self.ports.free_count()},
+                "backend": backend_info}
+
+    def resource_error_types(self) -> tuple[type[Exception], ...]:
+        return (ResourceError,)

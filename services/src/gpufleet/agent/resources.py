@@ -1,0 +1,219 @@
+"""Resource slots (cpu, mem, cuda.device), their allocation map, and the port pool.
+
+Capacity is what the host has minus what `[resource]` reserves. Every allocation
+is keyed by kernel id, so releasing is idempotent and a failed creation frees
+exactly what it took.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpufleet.agent.config import ResourceConfig
+
+SLOT_TYPES = {"cpu": "count", "mem": "bytes", "cuda.device": "count"}
+
+
+class ResourceError(Exception):
+    """A request cannot be satisfied (over-commit, bad request, pool exhausted)."""
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    model: str = "unknown"
+    memory: int = 0
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    kernel_id: str
+    cpu: float
+    mem: int
+    gpus: tuple[int, ...] = ()
+
+    def slots(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "mem": self.mem, "cuda.device": len(self.gpus)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel_id": self.kernel_id, "cpu": self.cpu, "mem": self.mem, "gpus": list(self.gpus)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Allocation:
+        return cls(data["kernel_id"], float(data["cpu"]), int(data["mem"]), tuple(data.get("gpus", ())))
+
+
+def host_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def detect_gpus(setting: str | int) -> list[GpuDevice]:
+    """GPUs this node offers: a configured count, or what NVML reports ("auto")."""
+    if setting != "auto":
+        return [GpuDevice(index=i, model="configured") for i in range(int(setting))]
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVML absent/driver not loaded: no GPUs to offer
+        return []
+    try:
+        devices = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            devices.append(GpuDevice(index, name if isinstance(name, str) else name.decode(), memory,
+                                     uuid if isinstance(uuid, str) else uuid.decode()))
+        return devices
+    except Exception:  # noqa: BLE001 - a GPU NVML cannot describe is not offered
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001, S110 - shutdown failure changes nothing
+            pass
+
+
+@dataclass
+class SlotCapacity:
+    cpu: float
+    mem: int
+    gpus: list[GpuDevice] = field(default_factory=list)
+
+    @classmethod
+    def from_host(cls, resource: ResourceConfig, gpus: list[GpuDevice] | None = None) -> SlotCapacity:
+        cpu = max(0.0, float(os.cpu_count() or 1) - resource.reserved_cpu)
+        mem = max(0, host_memory_bytes() - resource.reserved_mem)
+        return cls(cpu=cpu, mem=mem, gpus=detect_gpus(resource.gpus) if gpus is None else gpus)
+
+    def slots(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "mem": self.mem, "cuda.device": len(self.gpus)}
+
+
+class ResourceAllocator:
+    """The allocation map: which kernel holds how much cpu/mem and which GPU indices."""
+
+    def __init__(self, capacity: SlotCapacity) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._allocations: dict[str, Allocation] = {}
+
+    def used(self) -> dict[str, Any]:
+        with self._lock:
+            return self._used_locked()
+
+    def _used_locked(self) -> dict[str, Any]:
+        allocations = self._allocations.values()
+        return {"cpu": sum(a.cpu for a in allocations), "mem": sum(a.mem for a in allocations),
+                "cuda.device": sum(len(a.gpus) for a in allocations)}
+
+    def free_gpu_indices(self) -> list[int]:
+        with self._lock:
+            taken = {i for a in self._allocations.values() for i in a.gpus}
+            return [g.index for g in self.capacity.gpus if g.index not in taken]
+
+    def allocations(self) -> dict[str, Allocation]:
+        with self._lock:
+            return dict(self._allocations)
+
+    def allocate(self, kernel_id: str, cpu: float, mem: int, gpus: int) -> Allocation:
+        if cpu <= 0 or mem <= 0 or gpus < 0:
+            raise ResourceError(f"invalid request: cpu={cpu} mem={mem} cuda.device={gpus}")
+        with self._lock:
+            if kernel_id in self._allocations:
+                raise ResourceError(f"kernel {kernel_id} already holds an allocation")
+            used = self._used_locked()
+            shortages = []
+            if used["cpu"] + cpu > self.capacity.cpu + 1e-9:
+                shortages.append(f"cpu: requested {cpu}, free {self.capacity.cpu - used['cpu']:.2f}")
+            if used["mem"] + mem > self.capacity.mem:
+                shortages.append(f"mem: requested {mem}, free {self.capacity.mem - used['mem']}")
+            taken = {i for a in self._allocations.values() for i in a.gpus}
+            free_gpus = [g.index for g in self.capacity.gpus if g.index not in taken]
+            if gpus > len(free_gpus):
+                shortages.append(f"cuda.device: requested {gpus}, free {len(free_gpus)}")
+            if shortages:
+                raise ResourceError("insufficient resources (over-commit refused): " + "; ".join(shortages))
+            allocation = Allocation(kernel_id, float(cpu), int(mem), tuple(free_gpus[:gpus]))
+            self._allocations[kernel_id] = allocation
+            return allocation
+
+    def restore(self, allocation: Allocation) -> None:
+        """Re-enter an allocation of an adopted kernel (after an agent restart)."""
+        with self._lock:
+            self._allocations[allocation.kernel_id] = allocation
+
+    def release(self, kernel_id: str) -> Allocation | None:
+        with self._lock:
+            return self._allocations.pop(kernel_id, None)
+
+
+class PortPool:
+    """Host ports in `[container] port-range`, handed out lowest first."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._lock = threading.Lock()
+        self._free = set(range(low, high + 1))
+        self._owner: dict[int, str] = {}
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+    def free_count(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+    def owners(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._owner)
+
+    def take(self, owner: str, count: int = 1) -> list[int]:
+        with self._lock:
+            if count > len(self._free):
+                raise ResourceError(f"port pool exhausted: requested {count}, free {len(self._free)}")
+            ports = sorted(self._free)[:count]
+            for port in ports:
+                self._free.discard(port)
+                self._owner[port] = owner
+            return ports
+
+    def claim(self, owner: str, ports: list[int]) -> None:
+        """Mark given ports as used (adopted kernels); ports outside the range are ignored."""
+        with self._lock:
+            for port in ports:
+                if self.low <= port <= self.high:
+                    self._free.discard(port)
+                    self._owner[port] = owner
+
+    def release(self, ports: list[int], owner: str | None = None) -> list[int]:
+        """Return ports to the pool; with `owner`, only ports that owner holds."""
+        released = []
+        with self._lock:
+            for port in ports:
+                if port in self._owner and (owner is None or self._owner[port] == owner):
+                    del self._owner[port]
+                    self._free.add(port)
+                    released.append(port)
+        return released
+
+    def release_owner(self, owner: str) -> list[int]:
+        with self._lock:
+            ports = [p for p, o in self._owner.items() if o == owner]
+        return self.release(ports, owner)

@@ -1,0 +1,153 @@
+import os
+from pathlib import Path
+
+import pytest
+from gpufleet.agent.config import ConfigError, HostPort, load_config, parse_config, parse_size, read_token
+
+FULL = """
+[etcd]
+namespace = "local"
+addr = "10.0.0.5:2479"
+
+[agent]
+id = "gpu-node-1"
+rpc-listen-addr = ":6001"
+backend = "kubernetes"
+region = "seoul"
+scaling-group = "gpu"
+
+[container]
+port-range = "30000-31000"
+scratch-type = "nfs"
+scratch-root = "/scratch"
+scratch-nfs-address = "10.0.0.9:/export/scratch"
+
+[resource]
+reserved-cpu = 2
+reserved-mem = "4g"
+
+[debug]
+heartbeat-interval = 20
+
+[rpc]
+token-file = "/etc/gpufleet/agent.token"
+
+[http]
+addr = ":6003"
+"""
+
+
+def test_full_backend_ai_layout_is_read(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(FULL)
+    config = load_config(path)
+    assert config.etcd.addr == HostPort("10.0.0.5", 2479)
+    assert config.agent.id == "gpu-node-1"
+    assert config.agent.rpc_listen_addr == HostPort("0.0.0.0", 6001)
+    assert config.agent.backend == "kubernetes"
+    assert (config.agent.region, config.agent.scaling_group) == ("seoul", "gpu")
+    assert config.container.port_range == (30000, 31000)
+    assert config.container.scratch_nfs_address == "10.0.0.9:/export/scratch"
+    assert config.resource.reserved_mem == 4 << 30
+    assert config.debug.heartbeat_interval == 20
+    assert config.http.addr.port == 6003
+
+
+def test_defaults_match_backend_ai():
+    config = parse_config({})
+    assert config.agent.rpc_listen_addr.port == 6001
+    assert config.http.addr.port == 6003
+    assert config.container.port_range == (30000, 31000)
+    assert config.debug.heartbeat_interval == 20.0
+    assert config.agent.id  # the hostname
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"container": {"port-range": "31000-30000"}}, "[container] port-range"),
+    ({"container": {"port-range": "abc"}}, "[container] port-range"),
+    ({"agent": {"backend": "docker"}}, "[agent] backend"),
+    ({"agent": {"rpc-listen-addr": ":99999"}}, "[agent] rpc-listen-addr"),
+    ({"agent": {"rpc-listen-addr": "6001"}}, "[agent] rpc-listen-addr"),
+    ({"etcd": {"addr": "host:port"}}, "[etcd] addr"),
+    ({"debug": {"heartbeat-interval": "fast"}}, "[debug] heartbeat-interval"),
+    ({"debug": {"heartbeat-interval": 0}}, "[debug] heartbeat-interval"),
+    ({"resource": {"reserved-mem": "lots"}}, "[resource] reserved-mem"),
+    ({"resource": {"gpus": 1.5}}, "[resource] gpus"),
+    ({"container": {"scratch-type": "nfs"}}, "[container] scratch-nfs-address"),
+    ({"container": {"scratch-root": "relative/dir"}}, "[container] scratch-root"),
+    ({"agent": {"heartbeat": 1}}, "[agent] heartbeat"),
+    ({"agnet": {}}, "[agnet]"),
+    ({"etcd": {"enabled": False}}, "[redis] addr"),
+])
+def test_errors_name_the_key(data, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert str(info.value).startswith(key)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text("[agent\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("512m", 512 << 20), ("2g", 2 << 30), ("1Gi", 1 << 30), ("1.5G", int(1.5 * (1 << 30))), (1024, 1024),
+    ("100", 100),
+])
+def test_sizes(text, expected):
+    assert parse_size("k", text) == expected
+
+
+def _token_config(tmp_path, mode, text="x" * 32):
+    path = tmp_path / "token"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return parse_config({"rpc": {"token-file": str(path), "require-root-owner": False}}).rpc
+
+
+def test_token_file_must_be_owner_only(tmp_path):
+    assert read_token(_token_config(tmp_path, 0o600)) == "x" * 32
+    with pytest.raises(ConfigError, match=r"\[rpc\] token-file: .* mode 0644"):
+        read_token(_token_config(tmp_path, 0o644))
+
+
+def test_token_file_must_be_root_owned_in_production(tmp_path):
+    rpc = _token_config(tmp_path, 0o600)
+    rpc.require_root_owner = True
+    if os.getuid() == 0:
+        assert read_token(rpc)
+    else:
+        with pytest.raises(ConfigError, match="owned by root"):
+            read_token(rpc)
+
+
+def test_short_or_missing_token_refused(tmp_path):
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        read_token(_token_config(tmp_path, 0o600, "short"))
+    rpc = parse_config({"rpc": {"token-file": str(tmp_path / "nope")}}).rpc
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_token(rpc)
+
+
+def test_public_config_has_no_secrets(tmp_path):
+    config = parse_config({"etcd": {"password": "hunter2"}, "redis": {"addr": "h:1", "password": "pw"}})
+    text = str(config.as_public_dict())
+    assert "hunter2" not in text and "'pw'" not in text
+    assert Path(config.as_public_dict()["agent"]["state-dir"]) == Path("/var/lib/gpufleet")
+
+
+def test_kernel_uid_defaults_to_1000_and_agent_keeps_the_agents_identity(monkeypatch):
+    config = parse_config({})
+    assert (config.container.kernel_uid, config.container.kernel_gid) == (1000, 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert config.container.kernel_owner() == (1000, 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1234)
+    assert config.container.kernel_owner() is None  # only root can switch users
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert parse_config({"container": {"kernel-uid": "agent"}}).container.kernel_owner() is None
+    with pytest.raises(ConfigError, match=r"^\[container\] kernel-uid"):
+        parse_config({"container": {"kernel-uid": "nobody"}})

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+from gpufleet.agent.backends.local import kernel_environment, runner_argv, systemd_run_argv, unit_name
+from gpufleet.agent.registry import KernelRecord
+
+
+def record(gpus=(1, 3), cpu=1.5, mem=2 << 30):
+    return KernelRecord(kernel_id="abc123", session_id="sess", status="creating",
+                        allocation={"kernel_id": "abc123", "cpu": cpu, "mem": mem, "gpus": list(gpus)},
+                        ports=[30000], environ={"EXTRA": "1"})
+
+
+def test_systemd_run_argv_carries_limits_and_gpus():
+    rec = record()
+    env = kernel_environment(rec, Path("/scratch/abc123/work"))
+    command = runner_argv("/opt/gpufleet/bin/python", Path("/scratch/abc123/config/runner.py"), 30000,
+                          Path("/scratch/abc123/config/runner.token"), Path("/scratch/abc123/work"))
+    argv = systemd_run_argv(rec, env, command, Path("/scratch/abc123/work"), Path("/scratch/k.log"))
+    assert argv[0] == "systemd-run"
+    assert "--unit=gpufleet-kernel-abc123.service" in argv
+    assert "--property=CPUQuota=150%" in argv
+    assert f"--property=MemoryMax={2 << 30}" in argv
+    assert "--setenv=CUDA_VISIBLE_DEVICES=1,3" in argv
+    assert "--setenv=EXTRA=1" in argv
+    assert "--working-directory=/scratch/abc123/work" in argv
+    # The command comes after "--", run by the agent's own interpreter (absolute path).
+    tail = argv[argv.index("--") + 1:]
+    assert tail[0] == "/opt/gpufleet/bin/python" and tail[2].endswith("runner.py")
+    assert tail[tail.index("--port") + 1] == "30000"
+    assert unit_name("abc123") == "gpufleet-kernel-abc123.service"
+
+
+def test_no_gpus_means_an_empty_cuda_visible_devices():
+    env = kernel_environment(record(gpus=()), Path("/w"))
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["BACKENDAI_KERNEL_ID"] == "abc123" and env["HOME"] == "/w"
+
+
+def test_fractional_cpu_rounds_to_at_least_one_percent():
+    argv = systemd_run_argv(record(cpu=0.001), {}, ["x"], Path("/w"), Path("/l"))
+    assert "--property=CPUQuota=1%" in argv
+
+
+def test_kernels_get_their_own_uid_and_no_new_privileges():
+    argv = systemd_run_argv(record(), {}, ["x"], Path("/w"), Path("/l"), owner=(1000, 1001))
+    assert {"--uid=1000", "--gid=1001", "--property=NoNewPrivileges=yes"} <= set(argv)
+    as_agent = systemd_run_argv(record(), {}, ["x"], Path("/w"), Path("/l"))
+    assert not [a for a in as_agent if a.startswith("--uid")]

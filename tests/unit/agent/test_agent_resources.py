@@ -1,0 +1,82 @@
+import pytest
+from gpufleet.agent.config import ResourceConfig
+from gpufleet.agent.resources import (
+    GpuDevice,
+    PortPool,
+    ResourceAllocator,
+    ResourceError,
+    SlotCapacity,
+    detect_gpus,
+)
+
+GIB = 1 << 30
+
+
+def allocator(cpu=8, mem=32 * GIB, gpus=4):
+    return ResourceAllocator(SlotCapacity(cpu=cpu, mem=mem, gpus=[GpuDevice(i) for i in range(gpus)]))
+
+
+def test_gpu_indices_are_distinct_and_reused_after_release():
+    alloc = allocator()
+    a = alloc.allocate("a", 1, GIB, 2)
+    b = alloc.allocate("b", 1, GIB, 1)
+    assert a.gpus == (0, 1) and b.gpus == (2,)
+    alloc.release("a")
+    c = alloc.allocate("c", 1, GIB, 3)
+    assert sorted(c.gpus) == [0, 1, 3]
+    assert alloc.used() == {"cpu": 2.0, "mem": 2 * GIB, "cuda.device": 4}
+
+
+@pytest.mark.parametrize(("request_", "slot"), [
+    ((9, GIB, 0), "cpu"), ((1, 33 * GIB, 0), "mem"), ((1, GIB, 5), "cuda.device"),
+])
+def test_overcommit_refused_naming_the_slot(request_, slot):
+    alloc = allocator()
+    with pytest.raises(ResourceError, match=rf"over-commit refused\): {slot}: requested"):
+        alloc.allocate("k", *request_)
+    assert alloc.used() == {"cpu": 0, "mem": 0, "cuda.device": 0}
+
+
+def test_overcommit_counts_existing_allocations():
+    alloc = allocator(gpus=2)
+    alloc.allocate("a", 6, GIB, 2)
+    with pytest.raises(ResourceError, match="cpu: requested 3"):
+        alloc.allocate("b", 3, GIB, 0)
+    with pytest.raises(ResourceError, match="cuda.device: requested 1, free 0"):
+        alloc.allocate("b", 1, GIB, 1)
+
+
+def test_invalid_and_duplicate_requests():
+    alloc = allocator()
+    with pytest.raises(ResourceError, match="invalid"):
+        alloc.allocate("a", 0, GIB, 0)
+    alloc.allocate("a", 1, GIB, 0)
+    with pytest.raises(ResourceError, match="already holds"):
+        alloc.allocate("a", 1, GIB, 0)
+    assert alloc.release("a") is not None
+    assert alloc.release("a") is None  # idempotent
+
+
+def test_capacity_subtracts_reserved():
+    cap = SlotCapacity.from_host(ResourceConfig(reserved_cpu=0.5, reserved_mem=GIB, gpus=3))
+    assert len(cap.gpus) == 3
+    assert cap.cpu > 0 and cap.mem > 0
+    assert cap.slots()["cuda.device"] == 3
+
+
+def test_detect_gpus_configured_count_and_auto_without_driver():
+    assert [g.index for g in detect_gpus(2)] == [0, 1]
+    assert detect_gpus("auto") == []  # no NVML on this machine: nothing offered, no crash
+
+
+def test_port_pool_take_release_exhaust():
+    pool = PortPool(30000, 30004)
+    assert pool.take("k1", 2) == [30000, 30001]
+    assert pool.take("k2", 3) == [30002, 30003, 30004]
+    with pytest.raises(ResourceError, match="exhausted"):
+        pool.take("k3")
+    assert pool.release([30000], owner="k2") == []  # not k2's port
+    assert pool.release_owner("k1") == [30000, 30001]
+    assert pool.free_count() == 2
+    pool.claim("k4", [30000, 40000])  # out-of-range ports are ignored
+    assert pool.owners()[30000] == "k4" and 40000 not in pool.owners()
