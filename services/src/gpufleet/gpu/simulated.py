@@ -32,7 +32,6 @@ once each by cursor).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -43,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from gpufleet.dicts import deep_merge
 from gpufleet.gpu.base import (
     BackendUnavailable,
     EccCounts,
@@ -185,16 +185,6 @@ class FaultFile:
         return (self.data.get("nodes") or {}).get(name) or {}
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _fake_uuid(node: str, index: int) -> str:
     digest = hashlib.sha1(f"{node}/{index}".encode(), usedforsecurity=False).hexdigest()
     return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
@@ -287,7 +277,7 @@ class SimulatedBackend(GpuBackend):
             persistence_mode=bool(fault.get("persistence_mode", True)),
             ecc_enabled=True,
             ecc=EccCounts(
-                **_deep_merge(
+                **deep_merge(
                     {
                         "volatile_corrected": 0,
                         "volatile_uncorrected": 0,
@@ -305,7 +295,7 @@ class SimulatedBackend(GpuBackend):
             retired_pages=None if row_remapping else RetiredPages(**fault.get("retired_pages", {})),
             # A real link drops to a low generation at idle to save power; under load it trains to max.
             pcie=PcieLink(
-                **_deep_merge(
+                **deep_merge(
                     {
                         "gen_current": gen_max if busy else 1,
                         "gen_max": gen_max,

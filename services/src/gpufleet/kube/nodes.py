@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpufleet.dicts import deep_merge
 from gpufleet.kube.api import KubeApi, update_node
 from gpufleet.kube.taints import OWNED_TAINTS_ANNOTATION, TaintChange, format_owned, merge_taints, parse_owned
 
@@ -46,18 +47,8 @@ def merge_node_patches(*patches: dict | None) -> dict | None:
     merged: dict = {}
     for patch in patches:
         if patch:
-            merged = _deep_merge(merged, patch)
+            merged = deep_merge(merged, patch)
     return merged or None
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    result = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _deep_merge(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def node_taint_change(node: dict, taints: list[dict], state: str, owner: str, force: bool = False,
