@@ -190,6 +190,20 @@ def check_nvml_responsive(ctx: CheckContext) -> list[Finding]:
     return findings or passed("nvml_responsive", f"NVML read {len(ctx.gpus)} GPUs in {ctx.read_seconds:.2f}s")
 
 
+def rising_counter(ctx: CheckContext, check: str, gpu, key: str, value, per_minute_limit: float,
+                   what: str, evidence: dict) -> list[Finding]:
+    """A MONITOR finding when a cumulative counter grew at or above the limit since the last cycle.
+
+    Cumulative counters are compared between cycles (the state keeps the last
+    reading): a high but steady count is history, not a new error.
+    """
+    delta = ctx.state.counter_delta(key, value, ctx.now)
+    if delta is None or not delta.delta or delta.per_minute < per_minute_limit:
+        return []
+    return [Finding(check, gpu.label, Severity.MONITOR, f"{what} rising at {delta.per_minute:.0f}/min",
+                    {**evidence, "delta": delta.delta, "seconds": delta.seconds})]
+
+
 @register("ecc", "lightweight", "ECC enabled; no uncorrectable errors; corrected-error rate")
 def check_ecc(ctx: CheckContext) -> list[Finding]:
     cfg, findings = ctx.config, []
@@ -223,17 +237,9 @@ def check_ecc(ctx: CheckContext) -> list[Finding]:
                     evidence,
                 )
             )
-        delta = ctx.state.counter_delta(f"ecc|{gpu.uuid}|volatile_corrected", ecc.volatile_corrected, ctx.now)
-        if delta is not None and delta.delta and delta.per_minute >= cfg.ecc_corrected_per_minute:
-            findings.append(
-                Finding(
-                    "ecc",
-                    gpu.label,
-                    Severity.MONITOR,
-                    f"corrected ECC errors rising at {delta.per_minute:.0f}/min",
-                    {**evidence, "delta": delta.delta, "seconds": delta.seconds},
-                )
-            )
+        findings += rising_counter(ctx, "ecc", gpu, f"ecc|{gpu.uuid}|volatile_corrected",
+                                   ecc.volatile_corrected, cfg.ecc_corrected_per_minute,
+                                   "corrected ECC errors", evidence)
     return findings or passed("ecc", "no uncorrectable ECC errors")
 
 
@@ -450,17 +456,8 @@ def check_pcie_link(ctx: CheckContext) -> list[Finding]:
                         evidence,
                     )
                 )
-        delta = ctx.state.counter_delta(f"pcie|{gpu.uuid}|replay", link.replay_counter, ctx.now)
-        if delta is not None and delta.delta and delta.per_minute >= cfg.pcie_replays_per_minute:
-            findings.append(
-                Finding(
-                    "pcie_link",
-                    gpu.label,
-                    Severity.MONITOR,
-                    f"PCIe replays rising at {delta.per_minute:.0f}/min",
-                    {**evidence, "delta": delta.delta, "seconds": delta.seconds},
-                )
-            )
+        findings += rising_counter(ctx, "pcie_link", gpu, f"pcie|{gpu.uuid}|replay", link.replay_counter,
+                                   cfg.pcie_replays_per_minute, "PCIe replays", evidence)
     return findings or passed("pcie_link", "PCIe links healthy (idle downshift is normal)")
 
 
