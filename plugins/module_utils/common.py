@@ -32,6 +32,24 @@ KUBE_AUTH_ARG_SPEC = dict(
 )
 
 
+# How etcd_kv and etcd_kv_info reach etcd; documented in doc_fragments/etcd_connection.py.
+ETCD_CONNECTION_ARG_SPEC = dict(
+    endpoint=dict(type="str", default="http://127.0.0.1:2379"),
+    ca_cert=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    validate_certs=dict(type="bool", default=True),
+    user=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    timeout=dict(type="float", default=5),
+)
+
+
+def etcd_client(etcd, params):
+    """A gpufleet.etcd.EtcdClient from a module's connection params."""
+    return etcd.EtcdClient(**dict((name, params[name]) for name in ETCD_CONNECTION_ARG_SPEC))
+
+
 def kube_auth_options(params):
     """The auth options out of a module's params, for gpufleet.kube.client."""
     return dict((name, params.get(name)) for name in KUBE_AUTH_ARG_SPEC)

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: etcd_kv
-short_description: Put, get or delete an etcd v3 key or prefix
+short_description: Put or delete an etcd v3 key or prefix
 version_added: "0.1.0"
 description:
   - Talks to etcd's v3 JSON gateway (C(/v3/) on etcd 3.4 and later, C(/v3beta/) on 3.3),
@@ -19,12 +19,6 @@ description:
   - Use C(no_log) on the task when the value is a secret; the value then appears
     neither in the result nor in the diff.
 options:
-  endpoint:
-    description:
-      - The etcd client URL, C(http://host:port) or C(https://host:port). Without a
-        scheme, C(https) is used when I(ca_cert) or I(client_cert) is given.
-    type: str
-    default: http://127.0.0.1:2379
   key:
     description: The key, or with I(prefix=true) the key prefix.
     type: str
@@ -35,39 +29,16 @@ options:
   state:
     description:
       - C(present) stores I(value) under I(key); C(absent) deletes the key (or every
-        key under the prefix); C(get) only reads.
+        key under the prefix). To read keys, use M(gpufleet.cluster.etcd_kv_info).
     type: str
-    choices: [present, absent, get]
+    choices: [present, absent]
     default: present
   prefix:
-    description: Treat I(key) as a prefix (for I(state=absent) and I(state=get)).
+    description: Treat I(key) as a prefix (with I(state=absent)).
     type: bool
     default: false
-  ca_cert:
-    description: CA bundle that signed the etcd server's certificate.
-    type: path
-  client_cert:
-    description: Client certificate (PEM) for etcd's client TLS authentication.
-    type: path
-  client_key:
-    description: Private key (PEM) of I(client_cert).
-    type: path
-  validate_certs:
-    description: Verify the server's certificate and host name.
-    type: bool
-    default: true
-  user:
-    description: etcd user, when etcd authentication is enabled.
-    type: str
-  password:
-    description: Password of I(user).
-    type: str
-  timeout:
-    description: Seconds to wait for each request.
-    type: float
-    default: 5
-requirements:
-  - gpufleet (the gpufleet.cluster services package) on the host that runs the module
+extends_documentation_fragment:
+  - gpufleet.cluster.etcd_connection
 notes:
   - Supports check mode (only reads) and diff mode (the keys and values before and after).
 author:
@@ -91,13 +62,6 @@ EXAMPLES = r"""
     value: "{{ redis_password }}"
   no_log: true
 
-- name: Read every node registration
-  gpufleet.cluster.etcd_kv:
-    key: /sorna/local/nodes/
-    prefix: true
-    state: get
-  register: nodes
-
 - name: Forget a namespace
   gpufleet.cluster.etcd_kv:
     key: /sorna/old/
@@ -111,11 +75,11 @@ key:
   returned: always
   type: str
 value:
-  description: The value of I(key) (C(get)), or the value stored (C(present)); null when absent.
-  returned: when state is get or present
+  description: The value stored (C(present)).
+  returned: when state is present
   type: str
 values:
-  description: Every key read or stored and its value (all keys under the prefix with I(prefix=true)).
+  description: Every key stored and its value (empty after C(absent)).
   returned: always
   type: dict
   sample: {"/sorna/local/nodes/manager/m1": "up"}
@@ -123,25 +87,23 @@ values:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import require_gpufleet
+from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
+    ETCD_CONNECTION_ARG_SPEC,
+    etcd_client,
+    require_gpufleet,
+)
 
 
 def main():
+    argument_spec = dict(
+        key=dict(type="str", required=True, no_log=False),
+        value=dict(type="str"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        prefix=dict(type="bool", default=False),
+    )
+    argument_spec.update(ETCD_CONNECTION_ARG_SPEC)
     module = AnsibleModule(
-        argument_spec=dict(
-            endpoint=dict(type="str", default="http://127.0.0.1:2379"),
-            key=dict(type="str", required=True, no_log=False),
-            value=dict(type="str"),
-            state=dict(type="str", choices=["present", "absent", "get"], default="present"),
-            prefix=dict(type="bool", default=False),
-            ca_cert=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            validate_certs=dict(type="bool", default=True),
-            user=dict(type="str"),
-            password=dict(type="str", no_log=True),
-            timeout=dict(type="float", default=5),
-        ),
+        argument_spec=argument_spec,
         required_if=[("state", "present", ["value"])],
         required_together=[("user", "password")],
         supports_check_mode=True,
@@ -149,24 +111,14 @@ def main():
     etcd = require_gpufleet(module, "gpufleet.etcd")
     params = module.params
     if params["prefix"] and params["state"] == "present":
-        module.fail_json(msg="prefix=true applies to state=absent and state=get only")
-    client = etcd.EtcdClient(
-        endpoint=params["endpoint"],
-        ca_cert=params["ca_cert"],
-        client_cert=params["client_cert"],
-        client_key=params["client_key"],
-        validate_certs=params["validate_certs"],
-        user=params["user"],
-        password=params["password"],
-        timeout=params["timeout"],
-    )
+        module.fail_json(msg="prefix=true applies to state=absent only")
     try:
-        result = etcd.apply(client, params["key"], state=params["state"], value=params["value"],
-                            prefix=params["prefix"], check_mode=module.check_mode)
+        result = etcd.apply(etcd_client(etcd, params), params["key"], state=params["state"],
+                            value=params["value"], prefix=params["prefix"], check_mode=module.check_mode)
     except (etcd.EtcdError, ValueError) as exc:
         module.fail_json(msg=str(exc), key=params["key"])
     output = dict(changed=result.changed, key=result.key, values=result.values)
-    if params["state"] != "absent":
+    if params["state"] == "present":
         output["value"] = result.value
     if module._diff:
         output["diff"] = result.diff()

@@ -21,8 +21,8 @@ def prefix():
     return f"/test-{uuid.uuid4().hex[:8]}/"
 
 
-def kv_task(etcd_server, name="kv", **params):
-    return {"name": name, "gpufleet.cluster.etcd_kv": dict(params, endpoint=etcd_server.url)}
+def kv_task(etcd_server, name="kv", module="etcd_kv", **params):
+    return {"name": name, f"gpufleet.cluster.{module}": dict(params, endpoint=etcd_server.url)}
 
 
 def test_put_writes_then_second_run_changes_nothing(etcd_server, etcd, prefix, ansible_playbook):
@@ -78,14 +78,14 @@ def test_no_log_keeps_a_secret_out_of_the_output(etcd_server, etcd, prefix, ansi
     assert secret not in result.stdout + result.stderr
 
 
-def test_get_reads_a_key_and_a_prefix(etcd_server, etcd, prefix, ansible_playbook):
+def test_info_reads_a_key_and_a_prefix(etcd_server, etcd, prefix, ansible_playbook):
     etcd.put(prefix + "nodes/manager/m1", "up")
     etcd.put(prefix + "nodes/agents/a1", "running")
     etcd.put(prefix[:-1] + "x/outside", "no")  # shares the string prefix but not the "/"
     result = ansible_playbook([
-        kv_task(etcd_server, "one", key=prefix + "nodes/manager/m1", state="get"),
-        kv_task(etcd_server, "missing", key=prefix + "nope", state="get"),
-        kv_task(etcd_server, "all", key=prefix + "nodes/", prefix=True, state="get"),
+        kv_task(etcd_server, "one", module="etcd_kv_info", key=prefix + "nodes/manager/m1"),
+        kv_task(etcd_server, "missing", module="etcd_kv_info", key=prefix + "nope"),
+        kv_task(etcd_server, "all", module="etcd_kv_info", key=prefix + "nodes/", prefix=True),
     ])
     assert result.task("one")["value"] == "up"
     assert result.task("one")["changed"] is False
