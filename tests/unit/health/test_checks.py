@@ -24,7 +24,7 @@ def test_gpu_missing_is_reboot(sim):
 
 
 def test_gpu_count_without_profile_passes(tmp_path):
-    from conftest import SimNode
+    from health_sim import SimNode
 
     spec = tmp_path / "fleet.yaml"
     spec.write_text("nodes:\n  odd:\n    model: Some GPU\n    count: 3\n")
@@ -83,7 +83,7 @@ def test_remapped_rows_pending_and_failure(sim):
 
 
 def test_retired_pages_on_volta(tmp_path):
-    from conftest import SimNode
+    from health_sim import SimNode
 
     spec = tmp_path / "fleet.yaml"
     spec.write_text(

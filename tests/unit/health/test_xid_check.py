@@ -79,7 +79,7 @@ def test_repeats_are_deduplicated_per_gpu(sim):
 
 
 def test_same_xid_from_nvml_and_kernel_log_counted_once(tmp_path):
-    from conftest import SimNode
+    from health_sim import SimNode
 
     node = SimNode(tmp_path)
     now = time.time()
