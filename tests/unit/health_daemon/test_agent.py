@@ -17,9 +17,8 @@ from gpufleet.health.cli import health
 from gpufleet.health.config import config_from_dict
 from gpufleet.health.daemon import PERIODIC, HealthAgent
 from gpufleet.health.http import AgentHttpServer
-from gpufleet.health.logs import StructuredFormatter
 from gpufleet.health.severity import Severity
-from gpufleet.health.systemd import notify, watchdog_interval
+from gpufleet.service import StructuredFormatter, notify, watchdog_interval
 
 
 @pytest.fixture

@@ -24,25 +24,14 @@ def agent() -> None:
 
 # --- run -----------------------------------------------------------------------------------
 
-def _sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) we are ready; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    import socket
-
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-
-
 @agent.command("run")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_CONFIG_PATH, show_default=True, help="agent.toml")
-@click.option("--log-level", default="INFO", show_default=True)
-def run_command(config_path: Path, log_level: str) -> None:
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"]),
+              help="One line per event on stderr (journald keeps the priority).")
+def run_command(config_path: Path, log_level: str, log_format: str) -> None:
     """Run the kernel agent (RPC on [agent] rpc-listen-addr, health/metrics on [http] addr)."""
     import asyncio
     import logging
@@ -51,8 +40,9 @@ def run_command(config_path: Path, log_level: str) -> None:
     from gpufleet.agent.config import load_config, read_token
     from gpufleet.agent.core import Agent
     from gpufleet.agent.rpc import serve
+    from gpufleet.service import notify, setup_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, log_format)
     try:
         config = load_config(config_path)
         token = read_token(config.rpc)
@@ -70,9 +60,9 @@ def run_command(config_path: Path, log_level: str) -> None:
         logging.getLogger("gpufleet.agent").info(
             "agent %s up: rpc %s, http %s, backend %s, %d kernels adopted", agent_obj.id,
             config.agent.rpc_listen_addr, config.http.addr, config.agent.backend, len(agent_obj.registry))
-        _sd_notify("READY=1")
+        notify("READY=1")
         await stop.wait()
-        _sd_notify("STOPPING=1")
+        notify("STOPPING=1")
         for runner in runners:
             await runner.cleanup()
         await agent_obj.stop()

@@ -288,7 +288,7 @@ def run_command(config_path, check_config, once) -> None:
     import dataclasses
 
     from gpufleet.health.config import ConfigError, load_config
-    from gpufleet.health.logs import setup_logging
+    from gpufleet.service import setup_logging
 
     try:
         config = load_config(config_path)

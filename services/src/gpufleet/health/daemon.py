@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpufleet import service
 from gpufleet.gpu import open_backend
 from gpufleet.gpu.base import BackendUnavailable, GpuBackend, XidEvent
-from gpufleet.health import systemd
 from gpufleet.health.config import AgentConfig, ConfigError, load_config
 from gpufleet.health.engine import HealthEngine, NodeReport
 from gpufleet.health.fencing import FenceMemory
@@ -461,7 +461,7 @@ class HealthAgent:
     def _watchdog(self, interval: float) -> None:
         while not self.stopping.wait(interval):
             if self.liveness()[0]:
-                systemd.notify("WATCHDOG=1")
+                service.notify("WATCHDOG=1")
 
     def request_reload(self) -> None:
         self._reload = True
@@ -475,7 +475,7 @@ class HealthAgent:
         """Cycles until request_stop(); the first one (full: periodic) runs at once."""
         xid_thread = threading.Thread(target=self._watch_xids, name="xid-watcher", daemon=True)
         xid_thread.start()
-        watchdog = systemd.watchdog_interval()
+        watchdog = service.watchdog_interval()
         if watchdog:
             threading.Thread(target=self._watchdog, args=(watchdog,), name="watchdog", daemon=True).start()
         now = self.monotonic()
@@ -486,10 +486,10 @@ class HealthAgent:
                 self._heartbeat = now = self.monotonic()
                 if self._reload:
                     self._reload = False
-                    systemd.notify("RELOADING=1")
+                    service.notify("RELOADING=1")
                     if config_path and self.reload(config_path):
                         next_scheduled = min(next_scheduled, now + self.config.interval)
-                    systemd.notify("READY=1")
+                    service.notify("READY=1")
                 events = self._take_events()
                 try:
                     if events:
@@ -510,7 +510,7 @@ class HealthAgent:
                     next_scheduled = self.monotonic() + self.config.interval
                 if first:
                     first = False
-                    systemd.notify(f"READY=1\nSTATUS=watching {self.node_name}\nMAINPID={os.getpid()}")
+                    service.notify(f"READY=1\nSTATUS=watching {self.node_name}\nMAINPID={os.getpid()}")
                 self._heartbeat = self.monotonic()
                 due = min(next_scheduled, next_periodic)
                 if self.pending is not None:
@@ -518,7 +518,7 @@ class HealthAgent:
                 self.wake.wait(max(0.0, due - self.monotonic()))
                 self.wake.clear()
         finally:
-            systemd.notify("STOPPING=1")
+            service.notify("STOPPING=1")
             self.stopping.set()
             xid_thread.join(XID_WAIT + 1)
             self.save_state()

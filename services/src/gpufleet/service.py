@@ -1,9 +1,11 @@
-"""Structured logs on stderr, journald-friendly.
+"""What every gpufleet service shares with systemd: sd_notify(3) and structured logs.
 
-One line per event, logfmt (`level=info event=fence node=gpu-1 verdict=RESET ...`)
-or JSON. Under systemd (JOURNAL_STREAM set) each line starts with the syslog
-priority (`<4>`), which journald turns into the entry's PRIORITY, and no
-timestamp (journald adds its own).
+sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET (READY=1, WATCHDOG=1, ...).
+
+Logs go to stderr, one line per event, logfmt (`level=info event=fence node=gpu-1 ...`)
+or JSON. Under systemd (JOURNAL_STREAM set) each line starts with the syslog priority
+(`<4>`), which journald turns into the entry's PRIORITY, and no timestamp (journald adds
+its own).
 
     log.info("fenced", extra={"fields": {"node": name, "verdict": "RESET"}})
 """
@@ -13,8 +15,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
+
+
+def notify(message: str) -> bool:
+    """Send `message` to systemd; False (and nothing done) when not run by systemd with Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between watchdog pings (half of WatchdogSec), or None when the watchdog is off."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.5, int(usec) / 1e6 / 2)
+    except ValueError:
+        return None
 
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
