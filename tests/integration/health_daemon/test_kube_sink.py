@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from gpufleet.kube.client import RetryPolicy
 
 OWNED = "gpufleet.io/owned-taints"
 UNHEALTHY = "gpufleet.io/unhealthy"
@@ -115,7 +116,8 @@ def test_api_outage_is_retried_with_backoff_while_checks_go_on(fleet, kube_api, 
     fleet.add("gpu-1")
     fleet.inject("gpu-1", gpu=1, settings={"remapped_rows.pending": True})
     agent = fleet.agent("gpu-1")
-    kube_api.fail_next("GET", NODE_PATH, 503, times=2)
+    # Two publications fail: every attempt of each (the client retries a 503 itself) is answered 503.
+    kube_api.fail_next("GET", NODE_PATH, 503, times=2 * RetryPolicy().attempts)
 
     first = agent.cycle()
     assert first.published is False and agent.pending is not None
