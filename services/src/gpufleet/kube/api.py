@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from gpufleet.kube.client import DEFAULT_REQUEST_TIMEOUT
+from gpufleet.kube.validation import check_node_name
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -60,10 +61,22 @@ def api_error_message(exc: ApiException) -> str:
         return str(exc.reason or exc)
 
 
-def describe_error(exc: Exception) -> str:
+def is_timeout(exc: BaseException) -> bool:
+    """Did the API server fail to answer within the request's deadline?"""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        exc = exc.reason
+    return isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError))
+
+
+def describe_error(exc: Exception, timeout: float | None = None) -> str:
     """What to tell the user about a failed call: the API server's message when there is one."""
     if isinstance(exc, ApiException):
         return f"{exc.status} {api_error_message(exc)}"
+    if is_timeout(exc):
+        within = f" within {timeout:g} s" if timeout else ""
+        return f"timed out: the API server did not answer{within} (request_timeout)"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return f"cannot reach the API server: {exc.reason}"
     return str(exc)
 
 
@@ -341,6 +354,5 @@ def update_node(
     (the health agent, another playbook) makes the API answer 409; we then read
     the fresh node and compute again. Returns (node before, node after, changed).
     """
-    if not name:
-        raise ValueError("a node name must not be empty")
+    check_node_name(name)
     return api.read_modify_write(NODES, name, compute, check_mode=check_mode, attempts=attempts, sleep=sleep)
