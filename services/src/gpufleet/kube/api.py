@@ -18,6 +18,7 @@ import urllib3.exceptions
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.utils import parse_quantity  # noqa: F401 — re-exported: "500m", "64Gi" -> Decimal
 
 from gpufleet.kube.client import DEFAULT_REQUEST_TIMEOUT
 from gpufleet.kube.validation import check_node_name

@@ -31,7 +31,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import urllib3
@@ -69,7 +69,8 @@ class Watch:
     def __init__(self, api: KubeApi, resource: Resource, namespace: str | None = None,
                  label_selector: str | None = None, field_selector: str | None = None,
                  resource_version: str | None = None, timeout_seconds: int = 60,
-                 max_failures: int | None = None, backoff_cap: float = 5.0) -> None:
+                 max_failures: int | None = None, backoff_cap: float = 5.0,
+                 on_sync: Callable[[], None] | None = None) -> None:
         self.api = api
         self.resource = resource
         self.namespace = namespace
@@ -79,6 +80,7 @@ class Watch:
         self.timeout_seconds = int(timeout_seconds)
         self.max_failures = max_failures
         self.backoff_cap = backoff_cap
+        self.on_sync = on_sync  # called after each LIST's events were yielded: the view is complete
         self.known: dict[tuple[str | None, str], dict] = {}  # what the consumer has been told exists
         self.lists = 0  # LIST requests made (the first, and one per 410)
         self.watches = 0  # WATCH requests made
@@ -150,6 +152,8 @@ class Watch:
         self.known = fresh
         self.resource_version = version
         yield from events
+        if self.on_sync is not None:
+            self.on_sync()
 
     def _watch_once(self) -> Iterator[WatchEvent]:
         query = {"watch": "true", "allowWatchBookmarks": "true", "resourceVersion": self.resource_version,
