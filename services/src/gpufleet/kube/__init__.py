@@ -14,7 +14,11 @@
                  and the health agent
 - nodes.py       taint/cordon/label/annotation patches built on the merge
 - drain.py       `plan_drain` (pure) and `execute_drain` (Eviction API, PDB retries)
-- quarantine.py  quarantine / release, max_quarantined
+- quarantine.py  quarantine / release, max_quarantined (and their Events)
+- validation.py  Kubernetes' own input rules (names, qualified keys, label values,
+                 taint effects), checked before any request
+- conditions.py  node conditions through the status subresource (GpuHealthy)
+- events.py      events.k8s.io/v1 Events regarding nodes
 - diagnostics.py the diagnostics Job and its verdict
 - fleet.py       the fleet from ONE LIST of nodes (fleet_health_info)
 """

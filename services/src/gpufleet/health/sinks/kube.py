@@ -1,4 +1,5 @@
-"""The Kubernetes node sink: labels, annotations and the fence taint of this node.
+"""The Kubernetes node sink: labels, annotations and the fence taint of this node, its GpuHealthy
+condition, and an Event on every fence and lift.
 
 One publication is one GET of the node and at most one PATCH (a JSON merge
 patch carrying the resourceVersion read, so a concurrent writer makes it 409
@@ -6,6 +7,10 @@ and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
 older than `report_refresh`. Placing a NEW fence also LISTs the nodes once, for
 the circuit breaker. Taints go through THE taint merge (gpufleet.kube.taints).
+The GpuHealthy condition is one more PATCH (status subresource) only when its
+status, reason or message change; a fence, fence change or lift is one POST
+of an Event. All of it through gpufleet.kube (one client factory; every
+request bounded by `request_timeout`).
 """
 
 from __future__ import annotations
