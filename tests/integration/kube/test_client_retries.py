@@ -1,0 +1,67 @@
+"""The client's retry policy against the emulator: what the server did not process is retried."""
+
+from __future__ import annotations
+
+import pytest
+from gpufleet.kube.api import NODES, KubeApi
+from gpufleet.kube.client import RetryPolicy, api_client
+from kubernetes.client.rest import ApiException
+
+
+@pytest.fixture
+def api(kube_api) -> KubeApi:
+    client = api_client(kubeconfig=kube_api.kubeconfig, retry=RetryPolicy(attempts=4, base=0.01, cap=0.05))
+    return KubeApi(client)
+
+
+def count(kube_api, method: str) -> int:
+    return sum(1 for r in kube_api.requests if r.method == method)
+
+
+def test_gateway_errors_are_retried_until_the_answer(kube_api, api):
+    kube_api.add_node("gpu-1")
+    kube_api.fail_next("GET", r"/nodes/gpu-1$", 503, times=2)
+    assert api.get_node("gpu-1")["metadata"]["name"] == "gpu-1"
+    assert count(kube_api, "GET") == 3
+
+
+def test_retries_are_bounded(kube_api, api):
+    kube_api.add_node("gpu-1")
+    kube_api.fail_next("GET", r"/nodes/gpu-1$", 503, times=10)
+    with pytest.raises(ApiException) as failed:
+        api.get_node("gpu-1")
+    assert failed.value.status == 503 and count(kube_api, "GET") == 4
+
+
+def test_a_500_on_a_write_is_not_repeated(kube_api, api):
+    kube_api.fail_next("POST", r"/nodes$", 500)
+    with pytest.raises(ApiException):
+        api.create(NODES, {"metadata": {"name": "gpu-9"}})
+    assert count(kube_api, "POST") == 1
+
+
+def test_429_is_retried_only_when_the_server_says_when(kube_api, api):
+    kube_api.add_node("gpu-1")
+    kube_api.fail_next("PATCH", r"/nodes/gpu-1$", 429, retry_after=0)
+    api.patch_node("gpu-1", {"metadata": {"labels": {"a": "b"}}})
+    assert count(kube_api, "PATCH") == 2
+    kube_api.clear_requests()
+    kube_api.fail_next("PATCH", r"/nodes/gpu-1$", 429)  # like a PDB-refused eviction: the caller decides
+    with pytest.raises(ApiException) as refused:
+        api.patch_node("gpu-1", {"metadata": {"labels": {"a": "c"}}})
+    assert refused.value.status == 429 and count(kube_api, "PATCH") == 1
+
+
+def test_a_refused_connection_is_retried_then_reported(kube_api):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = api_client(host=f"http://127.0.0.1:{port}", api_key="x",
+                        retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
+    slept = []
+    client.sleep = slept.append
+    with pytest.raises(Exception, match="Connection refused|Max retries"):
+        KubeApi(client).list_nodes()
+    assert len(slept) == 2  # three attempts, two waits between them
