@@ -41,6 +41,11 @@ class EtcdConfig:
     addr: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 2379))
     user: str | None = None
     password: str | None = None
+    # Client TLS: with a CA or a certificate set, etcd is reached over https.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    timeout: float = 5.0  # seconds, every etcd request
     enabled: bool = True
     # Wait for a manager under nodes/manager/* before registering as running.
     wait_for_manager: bool = True
@@ -267,6 +272,16 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AgentConfi
         etcd.user = _str(s.key("user"), s.get("user"))
     if s.has("password"):
         etcd.password = _str(s.key("password"), s.get("password"))
+    for key in ("ca-file", "cert-file", "key-file"):
+        if s.has(key):
+            path = _str(s.key(key), s.get(key))
+            if not Path(path).is_absolute():
+                raise ConfigError(f"{s.key(key)}: must be an absolute path")
+            setattr(etcd, key.replace("-", "_"), path)
+    if bool(etcd.cert_file) != bool(etcd.key_file):
+        raise ConfigError(f"{s.key('key-file' if etcd.cert_file else 'cert-file')}: "
+                          "cert-file and key-file go together")
+    etcd.timeout = _number(s.key("timeout"), s.get("timeout", etcd.timeout), 0.1)
     etcd.enabled = _bool(s.key("enabled"), s.get("enabled", True))
     etcd.wait_for_manager = _bool(s.key("wait-for-manager"), s.get("wait-for-manager", True))
     etcd.manager_wait_timeout = _number(s.key("manager-wait-timeout"), s.get("manager-wait-timeout", 0.0))
