@@ -30,10 +30,18 @@ def render(ansible_playbook, tmp_path, **role_vars) -> str:
     ]
     extra = {"kernel_agent_etcd_host": "10.0.0.1", "kernel_agent_etcd_port": 2479,
              "kernel_agent_redis_host": "10.0.0.2", "kernel_agent_redis_port": 6479,
-             "kernel_agent_kernel_user": "", "inventory_hostname": "node-1", **role_vars}
+             "kernel_agent_kernel_user": "", "inventory_hostname": "node-1",
+             "kernel_agent_etcd_tls": True, "kernel_agent_etcd_user": "gpufleet-agent",
+             "kernel_agent_etcd_password": NASTY_PASSWORD + "-etcd", **role_vars}
     result = ansible_playbook(tasks, extra_vars=extra)
     assert result.returncode == 0, result.stdout[-3000:]
     return (tmp_path / "agent.toml").read_text()
+
+
+def test_without_etcd_tls_or_user_no_such_keys_are_written(ansible_playbook, tmp_path):
+    render(ansible_playbook, tmp_path, kernel_agent_etcd_tls=False, kernel_agent_etcd_user="")
+    config = load_config(tmp_path / "agent.toml")
+    assert (config.etcd.ca_file, config.etcd.cert_file, config.etcd.user) == (None, None, None)
 
 
 def test_password_with_quote_and_backslash_round_trips(ansible_playbook, tmp_path):
@@ -46,4 +54,8 @@ def test_password_with_quote_and_backslash_round_trips(ansible_playbook, tmp_pat
     assert data["agent"]["scaling-group"] == 'gpu "a"'
     config = load_config(tmp_path / "agent.toml")
     assert config.redis_password == NASTY_PASSWORD
+    assert (config.etcd.user, config.etcd.password) == ("gpufleet-agent", NASTY_PASSWORD + "-etcd")
+    assert config.etcd.ca_file == "/etc/gpufleet/etcd/ca.crt" and config.etcd.timeout == 5
+    assert (config.etcd.cert_file, config.etcd.key_file) == ("/etc/gpufleet/etcd/client.crt",
+                                                             "/etc/gpufleet/etcd/client.key")
     assert str(config.redis_addr) == "10.0.0.2:6479"
