@@ -132,7 +132,11 @@ class EtcdClient:
         try:
             response = self._request(f"{self._prefix}/auth/authenticate",
                                      {"name": self.user, "password": self.password or ""})
-        except (_TokenRejected, EtcdError) as exc:
+        except _TokenRejected as exc:
+            raise EtcdError(f"etcd at {self.endpoint} refused user {self.user!r}: {exc}") from None
+        except EtcdError as exc:
+            if "answered" not in str(exc):  # unreachable or too slow: say that, not "refused"
+                raise
             raise EtcdError(f"etcd at {self.endpoint} refused user {self.user!r}: {exc}") from None
         self._token = response.get("token")
         if not self._token:
