@@ -9,7 +9,8 @@ pytestmark = pytest.mark.ansible
 
 
 def test_secrets_are_found_under_secret_names_at_any_depth():
-    found = secrets_in({"redis_password": "s3cret-1", "users": {"a": {"password": "s3cret-2", "roles": ["r"]}},
+    found = secrets_in({"redis_password": "s3cret-1",
+                        "users": {"a": {"password": "s3cret-2", "roles": ["r"]}},
                         "api_key": "s3cret-3", "name": "not-a-secret", "token": "{{ lookup('env', 'T') }}",
                         "password": "short"})
     assert found == {"s3cret-1", "s3cret-2", "s3cret-3"}

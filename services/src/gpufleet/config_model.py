@@ -189,11 +189,13 @@ def first_problem(error: ValidationError) -> tuple[tuple[str, ...], str, str, An
     return location, problem["type"], message, problem.get("input")
 
 
-def validate(model: type[ModelT], data: dict[str, Any], describe: Callable[[tuple[str, ...], str, str, Any], str],
-             **context: Any) -> ModelT:
+Describe = Callable[[tuple[str, ...], str, str, Any], str]
+
+
+def validate(model: type[ModelT], data: dict[str, Any], describe: Describe) -> ModelT:
     """`model` from `data`; a ConfigError with `describe(location, kind, message, input)` otherwise."""
     try:
-        return model.model_validate(data, context=context or None)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(*first_problem(exc))) from None
 

@@ -174,3 +174,10 @@ def test_kernel_uid_defaults_to_1000_and_agent_keeps_the_agents_identity(monkeyp
 def test_etcd_tls_keys_are_validated(etcd, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"etcd": etcd})
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b'[agent]\nid = "n\xe9ud"\n')
+    with pytest.raises(ConfigError, match=r"agent.toml: not valid TOML"):
+        load_config(path)

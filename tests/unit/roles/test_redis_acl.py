@@ -42,8 +42,9 @@ def acl_redis(ansible_playbook, tmp_path):
     for user in ("gpufleet-health", "gpufleet-agent"):
         assert passwords[user] not in conf
         assert passwords[user] not in result.stdout + result.stderr
-    server = subprocess.Popen([shutil.which("redis-server"), str(tmp_path / "redis.conf"), "--dir", str(tmp_path),
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([shutil.which("redis-server"), str(tmp_path / "redis.conf"),
+                               "--dir", str(tmp_path), "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -36,7 +36,8 @@ from gpufleet.config_model import (
 )
 from gpufleet.config_model import size as _size
 
-__all__ = ["AgentConfig", "ConfigError", "HostPort", "load_config", "parse_config", "parse_size", "read_token"]
+__all__ = ["AgentConfig", "ConfigError", "HostPort", "load_config", "parse_config", "parse_size",
+           "read_token"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpufleet/agent.toml")
 BACKENDS = ("local", "kubernetes")
@@ -76,7 +77,8 @@ class EtcdConfig(Section):
         if not self.namespace or "/" in self.namespace:
             raise KeyProblem("namespace", "must be a non-empty name without '/'")
         if bool(self.cert_file) != bool(self.key_file):
-            raise KeyProblem("key-file" if self.cert_file else "cert-file", "cert-file and key-file go together")
+            missing = "key-file" if self.cert_file else "cert-file"
+            raise KeyProblem(missing, "cert-file and key-file go together")
         return self
 
 
