@@ -1,5 +1,5 @@
 # gpufleet: the commands README names. Each is a thin wrapper over scripts/.
-.PHONY: demo setup test lab-up lab-down lab-status unit lint
+.PHONY: demo setup test lab-up lab-down lab-status unit lint diagrams
 
 LAB_NODES ?= 3
 
@@ -30,3 +30,7 @@ unit: setup
 
 lint: setup
 	GATES=ruff,ansible-lint,sanity scripts/test
+
+## diagrams: re-render docs/diagrams/*.svg from their Graphviz sources
+diagrams:
+	scripts/render-diagrams

@@ -27,6 +27,10 @@ class EtcdError(Exception):
     """etcd could not be reached or refused a request; the message says which."""
 
 
+class _TokenRejected(Exception):
+    """etcd refused the auth token (expired, or none given while auth is on)."""
+
+
 def _b64(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode("ascii")
@@ -106,30 +110,56 @@ class EtcdClient:
         if self._token:
             request.add_header("Authorization", self._token)
         try:
+            # The timeout bounds the connection and every read: no call waits forever.
             with urllib.request.urlopen(request, timeout=self.timeout, context=self._ssl) as response:  # noqa: S310
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             try:
-                detail = json.loads(detail).get("error") or json.loads(detail).get("message") or detail
-            except ValueError:
+                parsed = json.loads(detail)
+                detail = parsed.get("error") or parsed.get("message") or detail
+            except (ValueError, AttributeError):
                 pass
+            if exc.code == 401 or "invalid auth token" in str(detail):
+                raise _TokenRejected(detail) from exc
             raise EtcdError(f"etcd at {self.endpoint} answered {exc.code} to {path}: {detail}") from exc
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise EtcdError(f"cannot reach etcd at {self.endpoint}: {reason}") from exc
+
+    def _authenticate(self) -> None:
+        self._token = None
+        try:
+            response = self._request(f"{self._prefix}/auth/authenticate",
+                                     {"name": self.user, "password": self.password or ""})
+        except _TokenRejected as exc:
+            raise EtcdError(f"etcd at {self.endpoint} refused user {self.user!r}: {exc}") from None
+        except EtcdError as exc:
+            if "answered" not in str(exc):  # unreachable or too slow: say that, not "refused"
+                raise
+            raise EtcdError(f"etcd at {self.endpoint} refused user {self.user!r}: {exc}") from None
+        self._token = response.get("token")
+        if not self._token:
+            raise EtcdError(f"etcd at {self.endpoint} gave no token for user {self.user!r}")
 
     def _call(self, method: str, body: dict) -> dict:
         if self._prefix is None:
             version = self._request("/version").get("etcdserver", "")
             self._prefix = gateway_prefix(version)
             if self.user:
-                self._token = self._request(
-                    f"{self._prefix}/auth/authenticate", {"name": self.user, "password": self.password or ""}
-                ).get("token")
-                if not self._token:
-                    raise EtcdError(f"etcd at {self.endpoint} gave no token for user {self.user!r}")
-        return self._request(f"{self._prefix}/{method}", body)
+                self._authenticate()
+        try:
+            return self._request(f"{self._prefix}/{method}", body)
+        except _TokenRejected as exc:
+            # Tokens expire (simple tokens after --auth-token-ttl, 300 s by default):
+            # authenticate again once; a second refusal is a real one.
+            if not self.user:
+                raise EtcdError(f"etcd at {self.endpoint} needs a user and password: {exc}") from None
+            self._authenticate()
+            try:
+                return self._request(f"{self._prefix}/{method}", body)
+            except _TokenRejected as again:
+                raise EtcdError(f"etcd at {self.endpoint} refused user {self.user!r}: {again}") from None
 
     def _range(self, key: str, prefix: bool) -> dict:
         body: dict[str, Any] = {"key": _b64(key)}
@@ -194,3 +224,93 @@ def apply(client: EtcdClient, key: str, state: str = "present", value: str | Non
     if changed and not check_mode:
         client.delete(key, prefix=prefix)
     return KvResult(changed, key, state, values={}, before=before, after={})
+
+
+# --- auth: users, roles and `auth enable`, reconciled like the keys above ---------------------
+
+PERMISSION_TYPES = {"read": "READ", "write": "WRITE", "readwrite": "READWRITE"}
+
+
+@dataclass
+class AuthResult:
+    changed: bool
+    actions: list[str]  # what was (or in check mode would be) done; never a password
+
+
+def _permission(perm: dict) -> tuple[str, str, bool]:
+    """(type, key, prefix) of a permission given as {type, key, prefix}."""
+    kind = str(perm.get("type", "read")).lower()
+    if kind not in PERMISSION_TYPES:
+        raise ValueError(f"permission type must be one of {', '.join(PERMISSION_TYPES)}, not {kind!r}")
+    key = perm.get("key")
+    if not key:
+        raise ValueError("every permission needs a key")
+    return PERMISSION_TYPES[kind], str(key), bool(perm.get("prefix", True))
+
+
+def _auth_enabled(client: EtcdClient) -> bool:
+    """Auth is on when an anonymous client may not list users."""
+    anonymous = EtcdClient(client.endpoint, client.ca_cert, client.client_cert, client.client_key,
+                           client.validate_certs, timeout=client.timeout)
+    try:
+        anonymous._call("auth/user/list", {})
+    except EtcdError:
+        return True
+    return False
+
+
+def apply_auth(client: EtcdClient, root_password: str, roles: dict[str, list[dict]],
+               users: dict[str, dict], check_mode: bool = False) -> AuthResult:
+    """Make the roles and users exist with (at least) these permissions and roles, then enable auth.
+
+    `client` carries TLS settings only; it is used as root (with `root_password`) once auth is on.
+    Passwords of existing users are not compared (etcd cannot show them); a user is created with
+    its password once. Permissions and role grants are added, never removed.
+    """
+    if not root_password:
+        raise ValueError("the root password must not be empty")
+    for name, user in users.items():
+        if not user.get("password"):
+            raise ValueError(f"etcd user {name!r} needs a password")
+    enabled = _auth_enabled(client)
+    if enabled:
+        client.user, client.password, client._prefix = "root", root_password, None
+    actions: list[str] = []
+
+    def do(action: str, method: str, body: dict) -> None:
+        actions.append(action)
+        if not check_mode:
+            client._call(method, body)
+
+    existing_users = set(client._call("auth/user/list", {}).get("users", []))
+    existing_roles = set(client._call("auth/role/list", {}).get("roles", []))
+    wanted_users = {"root": {"password": root_password, "roles": ["root"]}, **users}
+    for name, perms in roles.items():
+        granted: set[tuple[str, str, str]] = set()
+        if name in existing_roles:
+            for perm in client._call("auth/role/get", {"role": name}).get("perm", []):
+                granted.add((perm.get("permType", "READ"), _unb64(perm.get("key")),
+                             _unb64(perm.get("range_end"))))
+        else:
+            do(f"add role {name}", "auth/role/add", {"name": name})
+        for perm in perms:
+            kind, key, prefix = _permission(perm)
+            range_end = prefix_range_end(key).decode("utf-8", errors="replace") if prefix else ""
+            if (kind, key, range_end) not in granted:
+                body = {"key": _b64(key), "permType": kind}
+                if prefix:
+                    body["range_end"] = _b64(prefix_range_end(key))
+                do(f"grant {kind.lower()} on {key}{'*' if prefix else ''} to role {name}",
+                   "auth/role/grant", {"name": name, "perm": body})
+    for name, user in wanted_users.items():
+        have_roles: set[str] = set()
+        if name in existing_users:
+            have_roles = set(client._call("auth/user/get", {"name": name}).get("roles", []))
+        else:
+            do(f"add user {name}", "auth/user/add", {"name": name, "password": user["password"]})
+        for role in user.get("roles", []):
+            if role not in have_roles:
+                do(f"grant role {role} to user {name}", "auth/user/grant", {"user": name, "role": role})
+    if not enabled:
+        do("enable auth", "auth/enable", {})
+    return AuthResult(bool(actions), actions)

@@ -5,11 +5,11 @@ import json
 import time
 import uuid
 
-import etcd3gw
 import pytest
 import redis
 from agent_helpers import capacity, make_config
 from gpufleet.agent.core import Agent
+from gpufleet.etcd import EtcdClient
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def namespace():
 
 @pytest.fixture
 def etcd(etcd_server):
-    return etcd3gw.client(host="127.0.0.1", port=etcd_server.port, timeout=5)
+    return EtcdClient(endpoint=etcd_server.url, timeout=5)
 
 
 @pytest.fixture
@@ -32,8 +32,7 @@ def rds(redis_server):
 
 
 def etcd_get(client, key):
-    values = client.get(key)
-    return values[0].decode() if values else None
+    return client.get(key).get(key)
 
 
 def stream_events(rds, source):

@@ -53,6 +53,16 @@ def test_full_backend_ai_layout_is_read(tmp_path):
     assert config.http.addr.port == 6003
 
 
+def test_etcd_client_tls_keys_are_read():
+    config = parse_config({"etcd": {"ca-file": "/etc/etcd/pki/ca.crt", "cert-file": "/etc/gpufleet/etcd.crt",
+                                    "key-file": "/etc/gpufleet/etcd.key", "timeout": 2.5}})
+    assert config.etcd.ca_file == "/etc/etcd/pki/ca.crt"
+    assert config.etcd.cert_file == "/etc/gpufleet/etcd.crt"
+    assert config.etcd.key_file == "/etc/gpufleet/etcd.key"
+    assert config.etcd.timeout == 2.5
+    assert parse_config({}).etcd.timeout == 5 and parse_config({}).etcd.ca_file is None
+
+
 def test_defaults_match_backend_ai():
     config = parse_config({})
     assert config.agent.rpc_listen_addr.port == 6001
@@ -78,6 +88,8 @@ def test_defaults_match_backend_ai():
     ({"agent": {"heartbeat": 1}}, "[agent] heartbeat"),
     ({"agnet": {}}, "[agnet]"),
     ({"etcd": {"enabled": False}}, "[redis] addr"),
+    ({"etcd": {"ca-file": 5}}, "[etcd] ca-file"),
+    ({"etcd": {"key-file": "/k"}}, "[etcd] cert-file"),
 ])
 def test_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as info:
@@ -151,3 +163,21 @@ def test_kernel_uid_defaults_to_1000_and_agent_keeps_the_agents_identity(monkeyp
     assert parse_config({"container": {"kernel-uid": "agent"}}).container.kernel_owner() is None
     with pytest.raises(ConfigError, match=r"^\[container\] kernel-uid"):
         parse_config({"container": {"kernel-uid": "nobody"}})
+
+
+@pytest.mark.parametrize(("etcd", "message"), [
+    ({"ca-file": "relative/ca.crt"}, r"^\[etcd\] ca-file: must be an absolute path"),
+    ({"cert-file": "/etc/c.crt"}, r"^\[etcd\] key-file: cert-file and key-file go together"),
+    ({"timeout": 0}, r"^\[etcd\] timeout"),
+    ({"timeout": "soon"}, r"^\[etcd\] timeout: expected a number"),
+])
+def test_etcd_tls_keys_are_validated(etcd, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"etcd": etcd})
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b'[agent]\nid = "n\xe9ud"\n')
+    with pytest.raises(ConfigError, match=r"agent.toml: not valid TOML"):
+        load_config(path)

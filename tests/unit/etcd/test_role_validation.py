@@ -26,7 +26,9 @@ def failure_message(result):
     for task in result.tasks():
         outcome = task["hosts"].get("localhost", {})
         if outcome.get("failed"):
-            return outcome.get("msg", "")
+            # A looped task fails as a whole; the message is the failed item's.
+            items = [item.get("msg", "") for item in outcome.get("results", []) if item.get("failed")]
+            return items[0] if items else outcome.get("msg", "")
     raise AssertionError(f"nothing failed: {result.stdout[-2000:]}")
 
 
@@ -62,8 +64,25 @@ def test_empty_member_group_is_refused(etcd_inventory, ansible_playbook):
 
 
 def test_three_members_pass_validation(etcd_inventory, ansible_playbook):
-    result = ansible_playbook(role_tasks("etcd"), inventory=etcd_inventory(["localhost", "b", "c"]))
+    result = ansible_playbook(role_tasks("etcd"), inventory=etcd_inventory(["localhost", "b", "c"]),
+                              extra_vars={"etcd_root_password": "root-pw"})
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_auth_is_on_by_default_and_needs_a_root_password(etcd_inventory, ansible_playbook):
+    result = ansible_playbook(role_tasks("etcd"), inventory=etcd_inventory(["localhost"]))
+    assert result.returncode != 0
+    assert "etcd_auth is true but etcd_root_password is empty" in failure_message(result)
+    result = ansible_playbook(role_tasks("etcd"), inventory=etcd_inventory(["localhost"]),
+                              extra_vars={"etcd_auth": False})
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_redis_acl_user_with_a_bad_name_is_refused(ansible_playbook):
+    result = ansible_playbook(role_tasks("redis"), extra_vars={
+        "redis_password": "pw", "redis_extra_acl_users": {"bad name": {"password": "x", "rules": "+ping"}}})
+    assert result.returncode != 0
+    assert "Redis ACL user 'bad name'" in failure_message(result)
 
 
 def test_tarball_install_without_checksum_is_refused(etcd_inventory, ansible_playbook):

@@ -92,3 +92,18 @@ def test_the_default_path_may_be_absent(monkeypatch, tmp_path):
     config = module.load_config(None)
     assert config.interval == 300 and "absent" in config.source
     assert DEFAULT_CONFIG_PATH.name == "health.toml"
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    broken = tmp_path / "latin1.toml"
+    broken.write_bytes(b'node_name = "n\xe9ud"\n')
+    with pytest.raises(ConfigError, match=r"latin1.toml: not valid TOML"):
+        load_config(broken)
+
+
+def test_section_models_follow_the_dataclasses():
+    # A key added to a section's dataclass is accepted with no other change.
+    config = config_from_dict({"kubernetes": {"retry_max": 5}, "backend": {"profiles_files": ["/a.yaml"]}})
+    assert config.kubernetes.retry_max == 5.0 and config.backend.profiles_files == ["/a.yaml"]
+    with pytest.raises(ConfigError, match=r"backend.checks must be a list of strings, not \['xid', 3\]"):
+        config_from_dict({"backend": {"checks": ["xid", 3]}})

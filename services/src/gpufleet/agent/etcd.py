@@ -1,8 +1,8 @@
 """etcd: registration under `/sorna/<namespace>/nodes/agents/<id>` and the global config.
 
-etcd3gw talks to etcd's grpc-gateway over HTTP; it discovers the gateway path
-from `/version` (`/v3/` on etcd >= 3.4; 3.3 only had `/v3beta/`). It is a
-blocking client, so every call runs in a worker thread with a timeout.
+A thin asyncio face over gpufleet's one etcd client (`gpufleet.etcd`: TLS client
+certificates, auth with token refresh, a deadline on every request). That client
+blocks, so each call runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -10,15 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import etcd3gw
-from etcd3gw.exceptions import Etcd3Exception
-from requests.exceptions import RequestException
-
 from gpufleet.agent.config import EtcdConfig, HostPort
+from gpufleet.etcd import EtcdClient, EtcdError
 
 log = logging.getLogger(__name__)
-
-ETCD_ERRORS = (Etcd3Exception, RequestException, OSError)
 
 
 class EtcdUnavailable(Exception):
@@ -26,47 +21,37 @@ class EtcdUnavailable(Exception):
 
 
 class AgentEtcd:
-    def __init__(self, config: EtcdConfig, agent_id: str, timeout: float = 3.0) -> None:
+    def __init__(self, config: EtcdConfig, agent_id: str, timeout: float | None = None) -> None:
         self.config = config
         self.agent_id = agent_id
         self.prefix = f"/sorna/{config.namespace}/"
-        self.client = etcd3gw.client(host=config.addr.host, port=config.addr.port, timeout=timeout)
-        if config.user:
-            # etcd3gw has no auth helper for the gateway; etcd's HTTP auth is a token header.
-            self._authenticate(config.user, config.password or "")
-
-    def _authenticate(self, user: str, password: str) -> None:
-        response = self.client.post(self.client.get_url("/auth/authenticate"),
-                                    json={"name": user, "password": password})
-        self.client.session.headers["Authorization"] = response["token"]
+        tls = bool(config.ca_file or config.cert_file)
+        self.client = EtcdClient(
+            endpoint=f"{'https' if tls else 'http'}://{config.addr}",
+            ca_cert=config.ca_file, client_cert=config.cert_file, client_key=config.key_file,
+            user=config.user, password=config.password,
+            timeout=timeout if timeout is not None else config.timeout,
+        )
 
     def key(self, suffix: str) -> str:
         return self.prefix + suffix
 
-    async def _call(self, fn, *args):
+    async def _call(self, fn, *args, **kwargs):
         try:
-            return await asyncio.to_thread(fn, *args)
-        except ETCD_ERRORS as exc:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except EtcdError as exc:
             raise EtcdUnavailable(str(exc)) from exc
 
     async def put(self, suffix: str, value: str) -> None:
         await self._call(self.client.put, self.key(suffix), value)
 
     async def get(self, suffix: str) -> str | None:
-        values = await self._call(self.client.get, self.key(suffix))
-        if not values:
-            return None
-        value = values[0]
-        return value.decode() if isinstance(value, bytes) else value
+        key = self.key(suffix)
+        values = await self._call(self.client.get, key)
+        return values.get(key)
 
     async def get_prefix(self, suffix: str) -> dict[str, str]:
-        items = await self._call(self.client.get_prefix, self.key(suffix))
-        result = {}
-        for value, meta in items:
-            key = meta["key"]
-            key = key.decode() if isinstance(key, bytes) else key
-            result[key] = value.decode() if isinstance(value, bytes) else value
-        return result
+        return await self._call(self.client.get, self.key(suffix), prefix=True)
 
     async def register(self, status: str, ip: str) -> None:
         await self.put(f"nodes/agents/{self.agent_id}", status)
@@ -81,4 +66,6 @@ class AgentEtcd:
         if not addr:
             return None, password
         host, _, port = addr.rpartition(":")
+        if not port.isdigit():
+            raise EtcdUnavailable(f"config/redis/addr is not host:port: {addr!r}")
         return HostPort(host or "127.0.0.1", int(port)), password

@@ -1,5 +1,9 @@
 """The health agent's configuration: `/etc/gpufleet/health.toml`, validated with clear errors.
 
+The sections are plain dataclasses (the code reads them); the file is validated by
+strict pydantic models derived from them (gpufleet.config_model), so adding a key
+is one line in its dataclass.
+
 Every key is optional; see docs/health-agent.md for the full, commented file.
 Unknown keys are errors (a typo must not silently fall back to a default).
 `load_config` raises ConfigError naming the file and the key.
@@ -12,13 +16,21 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
+from gpufleet import config_model
+from gpufleet.config_model import ConfigError, read_toml
 from gpufleet.health.checks import CheckConfig
 from gpufleet.health.severity import Severity
 
@@ -26,10 +38,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/gpufleet/health.toml")
 DEFAULT_STATE_FILE = Path("/var/lib/gpufleet/health.json")
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file and the key."""
 
 
 @dataclass
@@ -105,79 +113,79 @@ SECTIONS = {
     "kubernetes": KubernetesSettings,
     "thresholds": CheckConfig,
 }
+# Strings that TOML users naturally write as numbers or booleans.
+LENIENT_STRINGS = ("max_fenced", "enabled")
 
 
 def load_config(path: Path | str | None = None) -> AgentConfig:
     """Read and validate the TOML file; a missing file at the default path means all defaults."""
     path = Path(path) if path else DEFAULT_CONFIG_PATH
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        if path == DEFAULT_CONFIG_PATH:
-            return validate(AgentConfig(source=f"{path} (absent: defaults)"))
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data, source=str(path))
+    if path == DEFAULT_CONFIG_PATH and not path.exists():
+        return validate(AgentConfig(source=f"{path} (absent: defaults)"))
+    return config_from_dict(read_toml(path), source=str(path))
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> AgentConfig:
-    config = AgentConfig(source=source)
-    for key, value in data.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: [{key}] must be a table")
-            setattr(config, key, _fill(SECTIONS[key](), value, source, f"{key}."))
-        elif key == "source" or key not in _field_types(AgentConfig):
-            raise ConfigError(
-                f"{source}: unknown key {key!r}; known: "
-                f"{', '.join(sorted(set(_field_types(AgentConfig)) - {'source'}))}"
-            )
-        else:
-            _set(config, key, value, source, "")
-    return validate(config)
+    def describe(location: tuple[str, ...], kind: str, message: str, value: Any) -> str:
+        in_section = location[0] in SECTIONS
+        if len(location) > 2:  # an item of a list: name the whole list, as the file has it
+            value = data[location[0]][location[1]] if in_section else data[location[0]]
+        return f"{source}: {_describe(location[:2] if in_section else location[:1], kind, value)}"
+
+    values = config_model.validate(_FILE_MODEL, data, describe).model_dump(exclude_unset=True)
+    sections = {name: SECTIONS[name](**values.pop(name)) for name in list(values) if name in SECTIONS}
+    return validate(AgentConfig(source=source, **values, **sections))
 
 
-def _field_types(cls) -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+def _describe(location: tuple[str, ...], kind: str, value: Any) -> str:
+    """Today's wording: `interval must be a number, not '5m'`, `unknown key kubernetes.'x'`."""
+    section, key = (location[0], location[1]) if len(location) > 1 else ("", location[0])
+    prefix = f"{section}." if section else ""
+    if kind == "extra_forbidden":
+        if section:
+            known = sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
+            return f"unknown key {prefix}{key!r}; known in [{section}]: {', '.join(known)}"
+        return f"unknown key {key!r}; known: {', '.join(sorted(_TOP_LEVEL_KEYS))}"
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not section:
+        return f"[{key}] must be a table"
+    expected = {"bool_type": "true or false", "int_type": "a number", "float_type": "a number",
+                "int_from_float": "a whole number", "string_type": "a string"}.get(kind, "valid")
+    if kind == "list_type" or isinstance(value, list):
+        expected = "a list of strings"
+    elif kind == "int_type" and isinstance(value, float):
+        expected = "a whole number"
+    return f"{prefix}{key} must be {expected}, not {value!r}"
 
 
-def _fill(target, values: dict[str, Any], source: str, prefix: str):
-    known = _field_types(type(target))
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(
-                f"{source}: unknown key {prefix}{key!r}; known in [{prefix.rstrip('.')}]: "
-                f"{', '.join(sorted(known))}"
-            )
-        _set(target, key, value, source, prefix)
-    return target
+def _strict_type(name: str, default: Any) -> Any:
+    """A strict pydantic type for a dataclass field, from its default's type."""
+    if isinstance(default, bool):
+        return StrictBool
+    if isinstance(default, int):
+        return StrictInt
+    if isinstance(default, float):
+        return Annotated[float, Field(strict=True)]
+    if isinstance(default, list):
+        return list[StrictStr]
+    if name in LENIENT_STRINGS:
+        return Annotated[StrictStr, BeforeValidator(
+            lambda value: str(value).lower() if isinstance(value, (int, bool)) else value)]
+    return StrictStr
 
 
-def _set(target, key: str, value: Any, source: str, prefix: str) -> None:
-    current = getattr(target, key)
-    where = f"{source}: {prefix}{key}"
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, not {value!r}")
-    elif isinstance(current, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, not {value!r}")
-        if isinstance(current, int) and not isinstance(current, bool) and not isinstance(value, int):
-            raise ConfigError(f"{where} must be a whole number, not {value!r}")
-        value = type(current)(value)
-    elif isinstance(current, list):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, not {value!r}")
-    elif isinstance(current, str):
-        if key in ("max_fenced", "enabled") and isinstance(value, (int, bool)):
-            value = str(value).lower()
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, not {value!r}")
-    setattr(target, key, value)
+def _model_of(cls, name: str, skip: tuple[str, ...] = (), **nested: Any) -> type[BaseModel]:
+    fields: dict[str, Any] = dict(nested)
+    for item in dataclasses.fields(cls):
+        if item.name in skip or item.name in nested:
+            continue
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        fields[item.name] = (_strict_type(item.name, default), default)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+_FILE_MODEL = _model_of(AgentConfig, "HealthToml", skip=("source",), **{
+    name: (_model_of(cls, f"{name}_section"), None) for name, cls in SECTIONS.items()})
+_TOP_LEVEL_KEYS = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "source"]
 
 
 def validate(config: AgentConfig) -> AgentConfig:
