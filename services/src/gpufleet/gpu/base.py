@@ -168,7 +168,7 @@ class HostProbe:
     def efa_device_count(self) -> int | None:
         return None
 
-    def kernel_log(self):  # -> gpufleet.health.kernel_log.KernelLogSource | None
+    def kernel_log(self):  # -> gpufleet.gpu.kernel_log.KernelLogSource | None
         return None
 
     def dcgm_diag(self, level: int, timeout: float) -> str | None:

@@ -100,10 +100,10 @@ def check_command(
     Exit code: 0 pass, 1 warn, 3 fail, 4 unknown (the monitor itself is broken).
     """
     from gpufleet.gpu import open_backend
+    from gpufleet.gpu.profiles import ProfileError, load_profiles
     from gpufleet.gpu.simulated import FleetSpecError
     from gpufleet.health.checks import CheckConfig
     from gpufleet.health.engine import HealthEngine, describe_checks
-    from gpufleet.health.profiles import ProfileError, load_profiles
     from gpufleet.health.state import HealthState
     from gpufleet.health.xid import DEFAULT_OPERATOR_OVERRIDES, XidCatalog
 

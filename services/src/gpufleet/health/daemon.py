@@ -124,7 +124,7 @@ class HealthAgent:
     # ---- construction and reload
 
     def _build_engine(self) -> HealthEngine:
-        from gpufleet.health.profiles import load_profiles
+        from gpufleet.gpu.profiles import load_profiles
         from gpufleet.health.xid import XidCatalog
 
         b = self.config.backend
