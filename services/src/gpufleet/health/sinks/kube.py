@@ -58,9 +58,17 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
         raise SinkUnavailable(
             f"no kubeconfig at {kubeconfig or '(none configured)'} and no in-cluster service account"
         )
-    # A hung API server must not stall the checks for long: bound every request.
+    # A hung API server must not stall the publisher for long: every request gets a deadline. The
+    # client passes timeout=None per request unless `_request_timeout` is given, which overrides any
+    # pool default, so the default is filled in where the client makes the request.
     timeout = urllib3.util.Timeout(connect=settings.request_timeout, read=settings.request_timeout)
-    client.rest_client.pool_manager.connection_pool_kw["timeout"] = timeout
+    rest = client.rest_client
+    unbounded = rest.request
+
+    def request(*args, _request_timeout=None, **kwargs):
+        return unbounded(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    rest.request = request
     return KubeApi(client)
 
 
@@ -70,7 +78,9 @@ class KubeNodeSink:
         self.node_name = node_name
         self.settings = settings
 
-    def publish(self, publication: Publication, memory: FenceMemory) -> PublishResult:
+    def publish(
+        self, publication: Publication, memory: FenceMemory, boot_id: str | None = None
+    ) -> PublishResult:
         """Make the node show `publication` and the fence decision; raises KUBE_ERRORS on API failure."""
         settings = self.settings
         decided: dict = {}
@@ -88,11 +98,13 @@ class KubeNodeSink:
                 settings.lift_after,
                 settings.max_fenced,
                 fleet,
+                boot_id=boot_id,
+                now=publication.time,
             )
             decided["decision"] = decision
             content = merge_node_patches(
                 labels_patch(node, publication.labels),
-                annotations_patch(node, publication.annotations),
+                annotations_patch(node, {**publication.annotations, **decision.annotations()}),
                 taint_patch(decision.taint_change) if decision.writes else None,
             )
             last_check = parse_label_time(node_labels(node).get(LABEL_LAST_CHECK))
