@@ -380,7 +380,11 @@ class HealthAgent:
             publication = build_publication(report, self.fence.verdict_since, self._nvswitch(report))
             urgent = (report.verdict >= taint_level) != (self.fence.fence_value is not None)
             deadline = self.monotonic() + 3 * self.config.kubernetes.request_timeout + 2.0
-            self.pending = PublishJob(publication, report, deadline, self.engine_state.boot_id, urgent)
+            older = self.pending
+            job = PublishJob(publication, report, deadline, self.engine_state.boot_id, urgent)
+            if older is not None:  # it replaces an unsent verdict: due when that one was
+                job.deadline, job.overran = min(deadline, older.deadline), older.overran
+            self.pending = job
             self.retry_at = self.monotonic()  # the newest verdict gets an attempt at once
         return report
 

@@ -40,8 +40,6 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
 
     Raises SinkUnavailable when there are no credentials at all and the sink is `auto`.
     """
-    import urllib3
-
     from gpufleet.kube.client import api_client
 
     kubeconfig = settings.kubeconfig
@@ -61,7 +59,7 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
     # A hung API server must not stall the publisher for long: every request gets a deadline. The
     # client passes timeout=None per request unless `_request_timeout` is given, which overrides any
     # pool default, so the default is filled in where the client makes the request.
-    timeout = urllib3.util.Timeout(connect=settings.request_timeout, read=settings.request_timeout)
+    timeout = (settings.request_timeout, settings.request_timeout)  # (connect, read)
     rest = client.rest_client
     unbounded = rest.request
 
