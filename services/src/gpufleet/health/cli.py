@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -294,8 +295,8 @@ def run_command(config_path, check_config, once) -> None:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    if check_config:
-        click.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    if check_config:  # printed by Ansible (and kept by AWX): no secret in it
+        click.echo(json.dumps(redact_secrets(dataclasses.asdict(config)), indent=2, default=str))
         return
     setup_logging(config.log_level, config.log_format)
     from gpufleet.gpu.simulated import FleetSpecError
@@ -311,6 +312,24 @@ def run_command(config_path, check_config, once) -> None:
         click.echo(render_table(result.report))
         sys.exit(EXIT_CODES[result.report.status])
     agent.serve(config_path)
+
+
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<secret>[^@/]*)@", re.I)
+SECRET_KEYS = ("password", "token", "secret")
+
+
+def redact_secrets(value):
+    """`value` with passwords in URLs (`redis://:PASSWORD@host`) and secret-named keys replaced by ***."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) and v else redact_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, str):
+        return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    return value
 
 
 @health.command("status")
