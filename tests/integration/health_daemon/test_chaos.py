@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from api_switch import ApiSwitch
+from fixtures.api_switch import ApiSwitch
 from fixtures.infra_services import make_redis
 from fixtures.kube_api import write_kubeconfig
 from gpufleet.health.daemon import URGENT_RETRY_MAX, HealthAgent
@@ -465,3 +465,25 @@ def test_no_fence_stays_after_the_fault_clears_and_the_lift_condition_is_met(fle
         node = kube_api.get_node(name)
         assert fence_of(node) == [], name
         assert ANNOTATION_FENCE not in node["metadata"]["annotations"], name
+
+
+def test_an_xid_after_an_operator_release_fences_again_in_the_running_agent(fleet, kube_api):
+    """The release is found by the publication of the new Xid's cycle: that Xid is judged again."""
+    fleet.add("gpu-1")
+    agent = fleet.agent("gpu-1", interval=300)
+    with Running(agent):
+        fleet.inject("gpu-1", gpu=3, xid=79)
+        wait_for(lambda: fence_of(kube_api.get_node("gpu-1")), 20, "the first fence")
+        kube_api.update_object(  # the operator returns the node to service after a reboot
+            "nodes",
+            "gpu-1",
+            {
+                "spec": {"taints": None},
+                "metadata": {"annotations": {"gpufleet.io/owned-taints": None, ANNOTATION_FENCE: None}},
+            },
+        )
+        fleet.inject("gpu-1", reboot=True)
+        time.sleep(0.3)
+        fleet.inject("gpu-1", gpu=3, xid=79)
+        wait_for(lambda: fence_of(kube_api.get_node("gpu-1")), 20, "the fence after the release")
+    assert metric(agent, "gpufleet_health_fence_actions_total", action="released") == 1

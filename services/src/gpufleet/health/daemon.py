@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpufleet import service
@@ -77,6 +77,7 @@ class PublishJob:
     deadline: float  # monotonic time by which it should be on the node
     boot_id: str | None
     urgent: bool  # a fence or lift waits on it: retry quickly
+    events: list[XidEvent] = field(default_factory=list)  # the Xids its cycle judged
     overran: bool = False
 
 
@@ -183,6 +184,8 @@ class HealthAgent:
         self._cycle_deadline: tuple[float, str] | None = None  # (deadline, schedule) of the running cycle
         self._cycle_overran = False
         self._forget = threading.Event()  # an operator released our fence: forget held findings
+        self._replay: list[XidEvent] = []  # Xids of the cycle that found the release: judged again
+        self._applying: PublishJob | None = None
         self._publish_wake = threading.Event()
         self._redis_wake = threading.Event()
         self._threads_running = False  # run_loop's publisher is up: cycle() hands over, else inline
@@ -305,8 +308,9 @@ class HealthAgent:
     def cycle(self, schedule: str = SCHEDULED, xid_events: list[XidEvent] | None = None) -> CycleResult:
         """Run the checks, judge, hand the verdict to the sinks, save the state."""
         started = self.monotonic()
+        replay: list[XidEvent] = []
         if self._forget.is_set():
-            self._forget_held()
+            replay = self._forget_held()
         costs = ["lightweight"]
         if schedule == PERIODIC:
             costs.append("periodic")
@@ -319,10 +323,10 @@ class HealthAgent:
             self._busy_until = started + self.config.thresholds.dcgm_timeout + LIVENESS_SLACK
         with self.lock:
             self._cycle_deadline, self._cycle_overran = (started + budget, schedule), False
-        events = list(xid_events or [])
-        for event in events:
+        for event in xid_events or []:
             self.xid_counts[str(event.xid)] = self.xid_counts.get(str(event.xid), 0) + 1
             self.metrics.xid_events.labels(str(event.xid)).inc()
+        events = replay + list(xid_events or [])
         released = False
         try:
             report = self._judge(costs, events, scheduled=schedule != XID)
@@ -381,7 +385,7 @@ class HealthAgent:
             urgent = (report.verdict >= taint_level) != (self.fence.fence_value is not None)
             deadline = self.monotonic() + 3 * self.config.kubernetes.request_timeout + 2.0
             older = self.pending
-            job = PublishJob(publication, report, deadline, self.engine_state.boot_id, urgent)
+            job = PublishJob(publication, report, deadline, self.engine_state.boot_id, urgent, list(events))
             if older is not None:  # it replaces an unsent verdict: due when that one was
                 job.deadline, job.overran = min(deadline, older.deadline), older.overran
             self.pending = job
@@ -395,12 +399,17 @@ class HealthAgent:
             return None, None
         return self.publish_pending()
 
-    def _forget_held(self) -> None:
-        """An operator returned the node to service: held findings and Xids of this boot are forgotten."""
-        self._forget.clear()
+    def _forget_held(self) -> list[XidEvent]:
+        """An operator returned the node to service: held findings and Xids of this boot are forgotten,
+        except the Xids of the cycle that found the release (they may be newer than the release);
+        returns those, to be judged again."""
+        with self.lock:
+            self._forget.clear()
+            replay, self._replay = self._replay, []
         self.engine_state.keeper.clear()
         self.engine_state.xids = {}
         self.carried = {}
+        return replay
 
     def _with_carried(self, report: NodeReport) -> NodeReport:
         """Add the last results of checks that did not run this cycle and re-judge the node."""
@@ -511,7 +520,9 @@ class HealthAgent:
             if self.pending is job:
                 self.pending = None  # else a newer verdict arrived meanwhile: it goes next
             self.backoff = FIRST_BACKOFF
+            self._applying = job
             self._apply_decision(result.decision)
+            self._applying = None
             on_time = self.monotonic() <= job.deadline and not job.overran
             if on_time and self._cycle_deadline is None:
                 self.in_time = True
@@ -531,6 +542,7 @@ class HealthAgent:
             self.fence.healthy_streak = 0
         if decision.action == "released":
             self.fence.healthy_streak = 0
+            self._replay = list(self._applying.events) if self._applying else []
             self._forget.set()  # the check loop forgets held findings (it owns the engine state)
             self.wake.set()
         if decision.action in (
