@@ -210,6 +210,10 @@ def xid_command(code, architecture, message, xid_overrides, as_json) -> None:
     click.echo(f"  action:   {info.action}")
     click.echo(f"  window:   {window}")
     click.echo(f"  source:   {info.source}")
+    if info.bucket:
+        click.echo(f"  bucket:   {info.bucket} (NVIDIA's resolution bucket)")
+    elif info.known:
+        click.echo(f"  bucket:   none published; severity chosen by {info.reference}")
     if code == 154 and not message:
         click.echo("  recovery actions (from the message):")
         for action in catalog.recovery_actions():
