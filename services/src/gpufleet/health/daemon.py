@@ -64,7 +64,9 @@ LIVENESS_SLACK = 120.0  # seconds past the expected end of a cycle before the ag
 CHECKS_DEADLINE = {XID: 60.0, SCHEDULED: 60.0, PERIODIC: 120.0}  # + dcgm_timeout when intensive
 FIRST_BACKOFF = 0.5  # first wait before retrying a refused publication; doubles per failure
 URGENT_RETRY_MAX = 2.0  # longest wait while a fence (or lift) is waiting for the API
-MONITOR_TICK = 0.5  # how often deadlines are checked
+MONITOR_TICK = (
+    5.0  # how often a hung check stage is looked for (publications: the loop wakes at their deadline)
+)
 POD_LIST_DEADLINE = 5.0  # the intensive-checks gate waits this long for the pod list
 
 
@@ -186,6 +188,7 @@ class HealthAgent:
         self._forget = threading.Event()  # an operator released our fence: forget held findings
         self._replay: list[XidEvent] = []  # Xids of the cycle that found the release: judged again
         self._applying: PublishJob | None = None
+        self._redis_thread: threading.Thread | None = None
         self._publish_wake = threading.Event()
         self._redis_wake = threading.Event()
         self._threads_running = False  # run_loop's publisher is up: cycle() hands over, else inline
@@ -584,6 +587,8 @@ class HealthAgent:
             )
         self.redis_sink.queue(report, fence_action)
         if self._threads_running:
+            if self._redis_thread is None:  # Redis was configured by a reload
+                self._start_redis_sender().start()
             self._redis_wake.set()
         else:
             self.redis_sink.flush()
@@ -689,7 +694,7 @@ class HealthAgent:
                 job, due = self.pending, self.retry_at
             now = self.monotonic()
             if job is None or now < due:
-                self._publish_wake.wait(1.0 if job is None else min(1.0, due - now))
+                self._publish_wake.wait(None if job is None else due - now)  # woken by a new verdict or stop
                 self._publish_wake.clear()
                 continue
             try:
@@ -698,6 +703,10 @@ class HealthAgent:
                 log.exception("publication failed")
                 with self.lock:
                     self.retry_at = self.monotonic() + URGENT_RETRY_MAX
+
+    def _start_redis_sender(self) -> threading.Thread:
+        self._redis_thread = threading.Thread(target=self._redis_sender, name="redis-sender", daemon=True)
+        return self._redis_thread
 
     def _redis_sender(self) -> None:
         """Sends queued Redis events; a slow or dead Redis delays only this thread."""
@@ -742,12 +751,14 @@ class HealthAgent:
         xid_thread.start()
         helpers = [
             threading.Thread(target=self._publisher, name="publisher", daemon=True),
-            threading.Thread(target=self._redis_sender, name="redis-sender", daemon=True),
             threading.Thread(target=self._monitor, name="deadline-monitor", daemon=True),
         ]
+        if self.config.redis.url:
+            helpers.append(self._start_redis_sender())
         self._threads_running = True
         for helper in helpers:
-            helper.start()
+            if not helper.is_alive():
+                helper.start()
         watchdog = service.watchdog_interval()
         if watchdog:
             threading.Thread(target=self._watchdog, args=(watchdog,), name="watchdog", daemon=True).start()
@@ -781,7 +792,11 @@ class HealthAgent:
                     first = False
                     service.notify(f"READY=1\nSTATUS=watching {self.node_name}\nMAINPID={os.getpid()}")
                 self._heartbeat = self.monotonic()
+                self.check_deadlines()
                 due = min(next_scheduled, next_periodic)
+                with self.lock:
+                    if self.pending is not None and not self.pending.overran:
+                        due = min(due, self.pending.deadline + 0.01)  # report a late publication
                 self.wake.wait(max(0.0, due - self.monotonic()))
                 self.wake.clear()
         finally:
@@ -790,8 +805,10 @@ class HealthAgent:
             self._publish_wake.set()
             self._redis_wake.set()
             xid_thread.join(XID_WAIT + 1)
-            for helper in helpers:
-                helper.join(1.0)  # a publisher stuck in a request is a daemon thread: not waited for
+            for helper in [*helpers, self._redis_thread]:
+                if helper is not None and helper.is_alive():
+                    helper.join(1.0)  # a publisher stuck in a request is a daemon thread: not waited for
+            self._redis_thread = None
             self._threads_running = False
             self.save_state()
             log.info("stopped; the node keeps its labels and any fence", extra=fields(node=self.node_name))
