@@ -499,17 +499,22 @@ class HealthAgent:
             return None, None
         from gpufleet.kube.api import KUBE_ERRORS, describe_error
 
+        attempt_started = self.monotonic()
         try:
             result = sink.publish(job.publication, memory, boot_id=job.boot_id)
         except KUBE_ERRORS as exc:
             self.metrics.api_errors.inc()
+            took = self.monotonic() - attempt_started
             with self.lock:
+                # A fence waiting retries quickly while the API fails fast (down, refusing); an API that
+                # is slow (timeouts: overloaded) is backed off from like any other, so a burst of
+                # agents does not turn into a retry storm.
+                quick = job.urgent and took < 1.0
                 limit = (
-                    URGENT_RETRY_MAX
-                    if job.urgent
-                    else min(self.config.kubernetes.retry_max, self.config.interval)
+                    URGENT_RETRY_MAX if quick else min(self.config.kubernetes.retry_max, self.config.interval)
                 )
-                wait = min(self.backoff, limit) * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+                wait = min(max(self.backoff, took if not quick else 0.0), limit)
+                wait *= random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not security
                 self.retry_at = self.monotonic() + wait
                 self.backoff = min(self.backoff * 2, limit)
             log.warning(
