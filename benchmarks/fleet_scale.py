@@ -59,7 +59,17 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- the API process
 
 
+def raise_open_files_limit() -> None:
+    """1,500 agents keep a connection each: more than the usual soft limit of 1,024 descriptors (a real
+    API server is set up for that)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+
 def emulator_process(nodes: int, workdir: str, conn) -> None:
+    raise_open_files_limit()
     from fixtures.kube_api import EmulatedKubeApi, write_kubeconfig
     from fixtures.kube_emulator import EmulatorThread
 
@@ -91,6 +101,7 @@ def emulator_process(nodes: int, workdir: str, conn) -> None:
 
 def worker_process(names: list[str], workdir: str, kubeconfig: str, args: dict, conn) -> None:
     threading.stack_size(512 * 1024)
+    raise_open_files_limit()
     import logging
 
     logging.getLogger("gpufleet").setLevel(logging.CRITICAL)  # 1,500 agents' fence lines: counted, not shown
