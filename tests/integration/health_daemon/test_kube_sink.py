@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from gpufleet.health.daemon import FIRST_BACKOFF
 from gpufleet.kube.client import RetryPolicy
 
 OWNED = "gpufleet.io/owned-taints"
@@ -139,7 +140,7 @@ def test_api_outage_is_retried_with_backoff_while_checks_go_on(fleet, kube_api, 
     assert agent.publish() is False  # the second injected failure
     assert agent.backoff > first_backoff  # waits grow
     assert agent.publish() is True  # the API is back
-    assert agent.pending is None and agent.backoff == 1.0
+    assert agent.pending is None and agent.backoff == FIRST_BACKOFF
     assert fence_of(kube_api.get_node("gpu-1"))[0]["value"] == "RESET"
 
 

@@ -4,12 +4,12 @@ import os
 import subprocess
 
 import pytest
+from gpufleet.gpu import kernel_log
 from gpufleet.gpu.base import GpuSnapshot, NodeReading
 from gpufleet.gpu.host import SystemHostProbe
-from gpufleet.health import kernel_log
+from gpufleet.gpu.kernel_log import JournalKernelLog, KmsgKernelLog
+from gpufleet.gpu.profiles import ProfileError, load_profiles, select_profile
 from gpufleet.health.checks import REGISTRY
-from gpufleet.health.kernel_log import JournalKernelLog, KmsgKernelLog
-from gpufleet.health.profiles import ProfileError, load_profiles, select_profile
 from gpufleet.health.severity import Severity
 
 

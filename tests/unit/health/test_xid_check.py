@@ -2,9 +2,9 @@
 
 import time
 
+from gpufleet.gpu.kernel_log import KernelLine, KernelLogSource
 from gpufleet.gpu.simulated import SimulatedBackend
 from gpufleet.health.checks import read_kernel_xids
-from gpufleet.health.kernel_log import KernelLine, KernelLogSource
 from gpufleet.health.severity import Severity
 from gpufleet.health.state import HealthState
 

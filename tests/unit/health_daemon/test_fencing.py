@@ -124,3 +124,69 @@ def test_a_fence_removed_by_someone_else_is_a_release_not_a_reason_to_refence():
         ).action
         == "hold"
     )
+
+
+def with_record(n, value, boot_id):
+    from gpufleet.health.fencing import ANNOTATION_FENCE
+
+    n["metadata"]["annotations"][ANNOTATION_FENCE] = json.dumps({"value": value, "boot_id": boot_id})
+    return n
+
+
+def decide_in_boot(n, verdict, boot_id, streak=5):
+    status = HealthStatus.PASS if verdict == Severity.PASS else HealthStatus.FAIL
+    return decide_fence(
+        n,
+        verdict,
+        status,
+        FenceMemory(healthy_streak=streak),
+        Severity.RESET,
+        3,
+        "10%",
+        no_fleet,
+        boot_id=boot_id,
+        now=100.0,
+    )
+
+
+def test_a_new_fence_records_its_value_and_boot_on_the_node():
+    decision = decide_fence(
+        node(),
+        Severity.REBOOT,
+        HealthStatus.FAIL,
+        FenceMemory(),
+        Severity.RESET,
+        3,
+        "10%",
+        lambda: {"gpu_nodes": 10, "fenced": 0},
+        boot_id="boot-a",
+        now=100.0,
+    )
+    assert decision.action == "fence"
+    assert json.loads(decision.annotations()["gpufleet.io/health-fence"]) == {
+        "boot_id": "boot-a",
+        "since": 100.0,
+        "value": "REBOOT",
+    }
+
+
+def test_a_reboot_fence_holds_in_the_same_boot_whatever_the_memory_says():
+    n = with_record(node("REBOOT"), "REBOOT", "boot-a")
+    held = decide_in_boot(n, Severity.PASS, "boot-a", streak=50)
+    assert held.action == "reboot_held" and held.value == "REBOOT" and held.taint_change is None
+    assert decide_in_boot(n, Severity.RESET, "boot-a").action == "hold"  # not lowered to RESET
+    assert decide_in_boot(n, Severity.PASS, None, streak=50).action == "reboot_held"  # boot unknown
+
+
+def test_a_reboot_fence_without_its_record_counts_as_this_boot():
+    held = decide_in_boot(node("REBOOT"), Severity.PASS, "boot-a", streak=50)
+    assert held.action == "reboot_held"
+
+
+def test_a_reboot_fence_lifts_in_a_new_boot_after_the_healthy_cycles():
+    n = with_record(node("REBOOT"), "REBOOT", "boot-a")
+    assert decide_in_boot(n, Severity.PASS, "boot-b", streak=1).action == "hold"
+    lifted = decide_in_boot(n, Severity.PASS, "boot-b", streak=3)
+    assert lifted.action == "lift" and lifted.annotations() == {"gpufleet.io/health-fence": None}
+    updated = decide_in_boot(n, Severity.RESET, "boot-b")
+    assert updated.action == "update" and updated.value == "RESET"  # a new boot: the verdict rules

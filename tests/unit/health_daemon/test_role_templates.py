@@ -83,3 +83,47 @@ def test_lab_settings(ansible_playbook, tmp_path):
     assert "Environment=GPUFLEET_SIM_FAULTS=/var/lib/gpufleet/simulated-faults.json" in unit
     assert "DeviceAllow=/dev/nvidiactl rw" not in unit
     assert "ProtectClock=no" in unit.splitlines()
+
+
+def validation_tasks() -> list[dict]:
+    import yaml
+
+    tasks = yaml.safe_load((ROLE / "tasks" / "main.yml").read_text())
+    names = ("Validate the config with the installed agent", "Report an invalid config")
+    return [t for t in tasks if t.get("name") in names]
+
+
+def test_the_validate_task_never_prints_the_redis_password(ansible_playbook, tmp_path):
+    secret = "s3cret-Pa55"
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "gpufleet"  # an agent that echoes its config (as an old one did) and fails
+    fake.write_text(
+        f"#!/bin/sh\necho 'url redis://:{secret}@10.0.0.5:6379/0'\n"
+        f"echo 'Error: redis://:{secret}@10.0.0.5:6379/0 refused' >&2\nexit 2\n"
+    )
+    fake.chmod(0o755)
+    tasks = validation_tasks()
+    assert len(tasks) == 2 and tasks[0]["no_log"] is True
+    result = ansible_playbook(
+        tasks,
+        extra_vars={
+            "gpufleet_install_venv": str(venv),
+            "gpu_health_agent_config_file": "/etc/gpufleet/health.toml",
+        },
+    )
+    assert result.returncode != 0  # the invalid config still fails the play ...
+    assert "redis://:***@10.0.0.5" in result.stdout  # ... with the reason, masked
+    assert secret not in result.stdout
+
+
+def test_check_config_prints_no_password(tmp_path):
+    from click.testing import CliRunner
+    from gpufleet.health.cli import health
+
+    config = tmp_path / "health.toml"
+    config.write_text('[redis]\nurl = "redis://agent:s3cret-Pa55@10.0.0.5:6379/0"\n')
+    result = CliRunner().invoke(health, ["run", "--config", str(config), "--check-config"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret-Pa55" not in result.output
+    assert '"url": "redis://agent:***@10.0.0.5:6379/0"' in result.output

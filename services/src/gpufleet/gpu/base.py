@@ -8,6 +8,8 @@ differently.
 from __future__ import annotations
 
 import abc
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -168,7 +170,7 @@ class HostProbe:
     def efa_device_count(self) -> int | None:
         return None
 
-    def kernel_log(self):  # -> gpufleet.health.kernel_log.KernelLogSource | None
+    def kernel_log(self):  # -> gpufleet.gpu.kernel_log.KernelLogSource | None
         return None
 
     def dcgm_diag(self, level: int, timeout: float) -> str | None:
@@ -200,3 +202,46 @@ class GpuBackend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BlockingCallGuard:
+    """Runs a call that can block inside C (NVML) on a worker thread, with a deadline.
+
+    A call that overruns raises BackendUnavailable and its thread is left to finish on its own;
+    until it does, further calls fail at once instead of piling up more blocked threads.
+    """
+
+    def __init__(self, what: str, timeout: float):
+        self.what = what
+        self.timeout = timeout
+        self._stuck: threading.Thread | None = None
+        self._stuck_since = 0.0
+
+    def call(self, fn, *args):
+        if self._stuck is not None:
+            if self._stuck.is_alive():
+                raise BackendUnavailable(
+                    f"{self.what}: a call is still blocked after "
+                    f"{time.monotonic() - self._stuck_since:.0f} s; not starting another"
+                )
+            self._stuck = None
+        outcome: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=run, name=f"{self.what}-call", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        if not done.wait(self.timeout):
+            self._stuck, self._stuck_since = worker, started
+            raise BackendUnavailable(f"{self.what} did not answer within {self.timeout:.0f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]

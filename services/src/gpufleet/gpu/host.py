@@ -43,7 +43,7 @@ class SystemHostProbe(HostProbe):
         return sum(1 for _, driver in self._rdma_devices() if driver != "efa")
 
     def kernel_log(self):
-        from gpufleet.health.kernel_log import system_kernel_log
+        from gpufleet.gpu.kernel_log import system_kernel_log
 
         return system_kernel_log()
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from gpufleet.gpu.base import (
     BackendUnavailable,
+    BlockingCallGuard,
     EccCounts,
     GpuBackend,
     GpuReadError,
@@ -58,6 +59,9 @@ ARCHITECTURES = {
 }
 
 
+READ_TIMEOUT = 30.0  # seconds one reading of all GPUs may take
+
+
 class _GpuFault(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -71,8 +75,15 @@ def _text(value: Any) -> str:
 class NvmlBackend(GpuBackend):
     name = "nvml"
 
-    def __init__(self, nvml: ModuleType | None = None, host_probe: HostProbe | None = None):
+    def __init__(
+        self,
+        nvml: ModuleType | None = None,
+        host_probe: HostProbe | None = None,
+        read_timeout: float = READ_TIMEOUT,
+    ):
         self._nvml_module = nvml
+        # NVML can hang in the driver (a GPU falling off the bus): a read gets a deadline.
+        self._guard = BlockingCallGuard("NVML read", read_timeout)
         self._initialised = False
         self._event_set = None
         self._uuid_index: dict[str, int] = {}
@@ -161,6 +172,10 @@ class NvmlBackend(GpuBackend):
 
     # -- reading --------------------------------------------------------------------------
     def read(self) -> NodeReading:
+        """One reading of every GPU, within `read_timeout` (else BackendUnavailable: status unknown)."""
+        return self._guard.call(self._read)
+
+    def _read(self) -> NodeReading:
         self._ensure_init()
         try:
             count = self._call("nvmlDeviceGetCount")

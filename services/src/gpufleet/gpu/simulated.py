@@ -87,7 +87,7 @@ def load_fleet_spec(path: Path | None) -> dict[str, dict[str, Any]]:
 
 def resolve_node_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Fill a node spec from its profile (named, or matched by model and count)."""
-    from gpufleet.health.profiles import load_profiles
+    from gpufleet.gpu.profiles import load_profiles
 
     profiles = load_profiles()
     profile = profiles.get(spec["profile"]) if spec.get("profile") else None
@@ -403,7 +403,7 @@ class SimulatedKernelLog:
         return str(self.backend._node_faults().get("boot_id", DEFAULT_BOOT_ID))
 
     def read_after(self, cursor: str | None):
-        from gpufleet.health.kernel_log import KernelLine
+        from gpufleet.gpu.kernel_log import KernelLine
 
         self.backend.faults.refresh()
         last = int(cursor) if cursor else 0

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpufleet.gpu.base import GpuBackend, GpuSnapshot, HostProbe, NodeReading, XidEvent
+from gpufleet.gpu.kernel_log import normalize_bus_id, parse_xid_line
+from gpufleet.gpu.profiles import HardwareProfile
 from gpufleet.health.dcgm import DcgmParseError, parse_dcgm_diag
-from gpufleet.health.kernel_log import normalize_bus_id, parse_xid_line
-from gpufleet.health.profiles import HardwareProfile
 from gpufleet.health.severity import NODE, Finding, Severity
 from gpufleet.health.state import HealthState
 from gpufleet.health.xid import XidCatalog
@@ -550,6 +550,8 @@ def check_xid(ctx: CheckContext) -> list[Finding]:
     for event in events:
         label, arch = _gpu_for_event(event, ctx.gpus)
         info = ctx.catalog.classify(event.xid, event.message, arch)
+        if not info.known:
+            ctx.catalog.report_unknown(event.xid, event.message)
         key = f"{label}|{event.xid}"
         record = ctx.state.xids.get(key)
         when = event.timestamp or ctx.now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -100,10 +101,10 @@ def check_command(
     Exit code: 0 pass, 1 warn, 3 fail, 4 unknown (the monitor itself is broken).
     """
     from gpufleet.gpu import open_backend
+    from gpufleet.gpu.profiles import ProfileError, load_profiles
     from gpufleet.gpu.simulated import FleetSpecError
     from gpufleet.health.checks import CheckConfig
     from gpufleet.health.engine import HealthEngine, describe_checks
-    from gpufleet.health.profiles import ProfileError, load_profiles
     from gpufleet.health.state import HealthState
     from gpufleet.health.xid import DEFAULT_OPERATOR_OVERRIDES, XidCatalog
 
@@ -209,6 +210,10 @@ def xid_command(code, architecture, message, xid_overrides, as_json) -> None:
     click.echo(f"  action:   {info.action}")
     click.echo(f"  window:   {window}")
     click.echo(f"  source:   {info.source}")
+    if info.bucket:
+        click.echo(f"  bucket:   {info.bucket} (NVIDIA's resolution bucket)")
+    elif info.known:
+        click.echo(f"  bucket:   none published; severity chosen by {info.reference}")
     if code == 154 and not message:
         click.echo("  recovery actions (from the message):")
         for action in catalog.recovery_actions():
@@ -294,8 +299,8 @@ def run_command(config_path, check_config, once) -> None:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    if check_config:
-        click.echo(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+    if check_config:  # printed by Ansible (and kept by AWX): no secret in it
+        click.echo(json.dumps(redact_secrets(dataclasses.asdict(config)), indent=2, default=str))
         return
     setup_logging(config.log_level, config.log_format)
     from gpufleet.gpu.simulated import FleetSpecError
@@ -311,6 +316,24 @@ def run_command(config_path, check_config, once) -> None:
         click.echo(render_table(result.report))
         sys.exit(EXIT_CODES[result.report.status])
     agent.serve(config_path)
+
+
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<secret>[^@/]*)@", re.I)
+SECRET_KEYS = ("password", "token", "secret")
+
+
+def redact_secrets(value):
+    """`value` with passwords in URLs (`redis://:PASSWORD@host`) and secret-named keys replaced by ***."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) and v else redact_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, str):
+        return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    return value
 
 
 @health.command("status")

@@ -1,27 +1,15 @@
-"""YAML data shipped in ``gpufleet/health/data/`` (Xid catalog, hardware profiles)."""
+"""YAML data shipped in ``gpufleet/health/data/`` (the Xid catalog)."""
 
 from __future__ import annotations
 
-import copy
-import functools
-from importlib import resources
 from typing import Any
 
-import yaml
+from gpufleet.gpu.datafiles import packaged as _packaged
+from gpufleet.gpu.datafiles import safe_load
 
-# libyaml's loader when PyYAML was built with it: ~10x faster than the pure-Python one.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
-
-
-@functools.lru_cache(maxsize=8)
-def _packaged(name: str) -> Any:
-    return safe_load(resources.files("gpufleet.health").joinpath("data", name).read_text())
+__all__ = ["packaged", "safe_load"]
 
 
 def packaged(name: str) -> Any:
-    """A parsed data file (a private copy: callers may change it)."""
-    return copy.deepcopy(_packaged(name))
+    """A parsed data file of gpufleet.health (a private copy: callers may change it)."""
+    return _packaged(name, "gpufleet.health")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.gpu.base import BackendUnavailable, GpuBackend, NodeReading, XidEvent
+from gpufleet.gpu.profiles import HardwareProfile, generic_profile, load_profiles, select_profile
 from gpufleet.health.checks import REGISTRY, CheckConfig, CheckContext, CheckUnavailable, select_checks
-from gpufleet.health.profiles import HardwareProfile, generic_profile, load_profiles, select_profile
 from gpufleet.health.severity import Finding, HealthStatus, Severity, health_status, node_verdict
 from gpufleet.health.state import HealthState
 from gpufleet.health.xid import XidCatalog

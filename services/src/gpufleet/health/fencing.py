@@ -14,6 +14,12 @@ Rules (each has a test in tests/integration/health_daemon/):
 * hysteresis: a fence is lifted only after `lift_after` consecutive healthy
   *scheduled* cycles (Xid-triggered extra cycles do not count), and never
   while its value is ISOLATE (an operator returns the node to service);
+* the node is the memory: the fence annotation `gpufleet.io/health-fence`
+  ({value, boot_id, since}) is written with the taint. A REBOOT fence lifts
+  only in a later boot than the one it was placed in, and its value is not
+  lowered in the same boot — whatever the local state file remembers or
+  forgot (a truncated state file, a new disk). Without the annotation the
+  fence counts as placed in the running boot;
 * circuit breaker: a new fence is withheld (recorded and alerted) when
   `max_fenced` GPU nodes already carry a gpufleet fence;
 * an operator's release is honoured: when our fence disappears without the
@@ -24,6 +30,7 @@ Rules (each has a test in tests/integration/health_daemon/):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +44,7 @@ from gpufleet.kube.taints import TAINT_QUARANTINE, TAINT_UNHEALTHY, TaintChange,
 FENCE_EFFECT = "NoSchedule"
 FENCE_ID = f"{TAINT_UNHEALTHY}:{FENCE_EFFECT}"
 FENCING_TAINT_KEYS = (TAINT_UNHEALTHY, TAINT_QUARANTINE)
+ANNOTATION_FENCE = "gpufleet.io/health-fence"  # {value, boot_id, since} of our fence
 
 
 @dataclass
@@ -74,15 +82,44 @@ class FenceMemory:
 
 @dataclass
 class FenceDecision:
-    action: str  # none | fence | update | hold | lift | suppressed | isolate_held | foreign | released
+    # none | fence | update | hold | lift | suppressed | isolate_held | reboot_held | foreign | released
+    action: str
     reason: str
     value: str | None = None  # the taint value after the decision (None: no fence of ours)
     taint_change: TaintChange | None = None
     fleet: dict[str, int] = field(default_factory=dict)  # circuit breaker numbers when consulted
+    record: dict[str, Any] | None = None  # the fence annotation to write (None: leave it)
+    drop_record: bool = False  # remove the fence annotation (the fence is lifted)
 
     @property
     def writes(self) -> bool:
         return self.taint_change is not None and self.taint_change.changed
+
+    def annotations(self) -> dict[str, str | None]:
+        """The fence annotation change this decision makes ({} when none)."""
+        if self.drop_record:
+            return {ANNOTATION_FENCE: None}
+        if self.record is not None:
+            return {ANNOTATION_FENCE: json.dumps(self.record, separators=(",", ":"), sort_keys=True)}
+        return {}
+
+
+def fence_record(node: dict) -> dict[str, Any] | None:
+    """Our fence annotation ({value, boot_id, since}); None when absent or unreadable."""
+    raw = node_annotations(node).get(ANNOTATION_FENCE)
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def reboot_pending(mine: dict | None, record: dict | None, boot_id: str | None) -> bool:
+    """Our REBOOT fence was placed in the boot still running (or we cannot tell: no record/boot id)."""
+    if mine is None or mine.get("value") != Severity.REBOOT.name:
+        return False
+    placed_in = (record or {}).get("boot_id")
+    return not placed_in or not boot_id or placed_in == boot_id
 
 
 def our_fence(node: dict) -> dict | None:
@@ -125,9 +162,14 @@ def decide_fence(
     lift_after: int,
     max_fenced: str,
     fleet: Callable[[], dict[str, int]],
+    boot_id: str | None = None,
+    now: float = 0.0,
 ) -> FenceDecision:
-    """The fence action for this cycle. `fleet()` is called only before placing a new fence."""
+    """The fence action for this cycle. `fleet()` is called only before placing a new fence.
+
+    `boot_id`: the running boot (None: unknown, so a REBOOT fence never lifts)."""
     mine = our_fence(node)
+    record = fence_record(node)
     if mine is None and memory.fence_value is not None:
         # We had fenced the node and did not lift it: someone (an operator's return to service)
         # removed it. Honour that: the agent forgets past findings and judges the node afresh.
@@ -135,18 +177,35 @@ def decide_fence(
             "released",
             f"our fence ({memory.fence_value}) was removed by someone else (return to service): "
             "forgetting held findings and judging the node afresh",
+            drop_record=record is not None,
         )
+    # What the node says outranks what this agent remembers: ISOLATE stays until an operator
+    # releases it; REBOOT stays (and is not lowered) until the node has rebooted.
+    floor = Severity.PASS
+    if mine is not None and mine.get("value") == Severity.ISOLATE.name:
+        floor = Severity.ISOLATE
+    elif reboot_pending(mine, record, boot_id):
+        floor = Severity.REBOOT
     want_fence = verdict >= taint_level and status != HealthStatus.UNKNOWN
     if want_fence:
-        value = verdict.name
+        value = max(verdict, floor).name
+        new_record = {"value": value, "boot_id": boot_id, "since": round(now, 3)}
         if mine is not None:
-            if mine.get("value") == Severity.ISOLATE.name:
-                value = Severity.ISOLATE.name  # only an operator lowers an ISOLATE fence
             if mine.get("value") == value:
-                return FenceDecision("hold", f"verdict {verdict.name}: fence stays", value)
+                keep = record if record and record.get("value") == value else None
+                return FenceDecision(
+                    "hold",
+                    f"verdict {verdict.name}: fence {value} stays",
+                    value,
+                    record=None if keep else new_record,
+                )
             change = node_taint_change(node, [fence_taint(value)], "present", OWNER_HEALTH)
             return FenceDecision(
-                "update", f"verdict {verdict.name}: fence value {mine.get('value')} -> {value}", value, change
+                "update",
+                f"verdict {verdict.name}: fence value {mine.get('value')} -> {value}",
+                value,
+                change,
+                record=new_record,
             )
         other = foreign_fence(node)
         if other is not None:
@@ -174,13 +233,22 @@ def decide_fence(
             value,
             change,
             fleet=dict(numbers, limit=limit if limit is not None else -1),
+            record=new_record,
         )
     if mine is None:
         return FenceDecision("none", f"verdict {verdict.name}, status {status.value}: no fence")
-    if mine.get("value") == Severity.ISOLATE.name:
+    if floor == Severity.ISOLATE:
         return FenceDecision(
             "isolate_held",
             "fence ISOLATE is lifted only by an operator (return to service)",
+            mine.get("value"),
+        )
+    if floor == Severity.REBOOT:
+        placed_in = (record or {}).get("boot_id") or "unknown (no fence record)"
+        return FenceDecision(
+            "reboot_held",
+            f"fence REBOOT lifts only after a reboot (placed in boot {placed_in}, "
+            f"running {boot_id or 'unknown'})",
             mine.get("value"),
         )
     if status == HealthStatus.UNKNOWN:
@@ -197,7 +265,11 @@ def decide_fence(
         node, [{"key": TAINT_UNHEALTHY, "effect": FENCE_EFFECT}], "absent", OWNER_HEALTH
     )
     return FenceDecision(
-        "lift", f"healthy for {memory.healthy_streak} cycles: lifting the fence", None, change
+        "lift",
+        f"healthy for {memory.healthy_streak} cycles: lifting the fence",
+        None,
+        change,
+        drop_record=record is not None,
     )
 
 

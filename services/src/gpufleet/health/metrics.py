@@ -65,9 +65,37 @@ class HealthMetrics:
         self.redis_pending = Gauge(
             "gpufleet_health_redis_events_pending", "Redis events waiting for Redis to answer", registry=r
         )
+        # -- reliability (issue 14): deadlines, stale config, unknown Xids, lost state, dropped events
+        self.cycle_overruns = Counter(
+            "gpufleet_health_cycle_overruns",
+            "Cycles that overran their deadline, by stage: checks (the checks took too long) or publish "
+            "(the verdict did not reach the API in time)",
+            ["stage"],
+            registry=r,
+        )
+        self.config_stale = Gauge(
+            "gpufleet_health_config_stale",
+            "1 while the last config reload failed and the agent runs on the previous config",
+            registry=r,
+        )
+        self.xid_unknown = Counter(
+            "gpufleet_health_xid_unknown", "Xid events whose code is not in the catalog", registry=r
+        )
+        self.state_file_corrupt = Counter(
+            "gpufleet_health_state_file_corrupt",
+            "State files found unreadable at start (kept aside as health.json.corrupt-<time>)",
+            registry=r,
+        )
+        self.redis_dropped = Counter(
+            "gpufleet_health_redis_events_dropped",
+            "Redis events dropped because the buffer was full while Redis was down (oldest first)",
+            registry=r,
+        )
+        for stage in ("checks", "publish"):
+            self.cycle_overruns.labels(stage)
         for status in HealthStatus:
             self.node_status.labels(status.value).set(0)
-        for action in ("fence", "update", "lift", "suppressed", "isolate_held", "released"):
+        for action in ("fence", "update", "lift", "suppressed", "isolate_held", "reboot_held", "released"):
             self.fence_actions.labels(action)
 
     def observe_report(self, report, checks_run: list[str]) -> None:

@@ -94,13 +94,18 @@ class HealthState:
         )
 
     def save(self, path: Path) -> None:
-        """Atomic write (temp file + rename) so a crash never leaves half a state file."""
+        """Atomic, durable write (temp file, fsync, rename, fsync of the directory)."""
+        from gpufleet.health.sinks.state_file import fsync_directory
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as handle:
             json.dump(self.to_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> HealthState:

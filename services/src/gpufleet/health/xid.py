@@ -1,13 +1,16 @@
-"""The Xid catalog (``data/xid_catalog.yaml``): code -> name, severity, action.
+"""The Xid catalog (``data/xid_catalog.yaml``): code -> name, NVIDIA's resolution bucket, severity, action.
 
-Lookup order for a code: the base entry, then the GPU architecture's override,
-then the operator's override file. Xid 154 carries the driver's recovery action
-in its text; ``classify`` reads it from there.
+Lookup order for a code: the base entry (its bucket gives severity and action
+unless the entry sets them), then the GPU architecture's override, then the
+operator's override file. Xid 154 carries the driver's recovery action in its
+text; ``classify`` reads it from there.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,10 @@ from gpufleet.health.datafiles import packaged, safe_load
 from gpufleet.health.severity import Severity
 
 DEFAULT_OPERATOR_OVERRIDES = Path("/etc/gpufleet/xid-overrides.yaml")
+MAX_LOGGED_UNKNOWN = 64  # distinct unknown codes logged per process (a flood logs no more)
+
+log = logging.getLogger("gpufleet.health.xid")
+_logged_unknown: set[int] = set()
 
 # "GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)"
 RECOVERY_CHANGE = re.compile(
@@ -34,6 +41,8 @@ class XidInfo:
     window_seconds: float | None  # None: until the next reboot
     known: bool = True
     source: str = "catalog"  # catalog | architecture:<arch> | operator | recovery-action
+    bucket: str = ""  # NVIDIA's resolution bucket (immediate action); "" when NVIDIA gives none
+    reference: str = "nvidia"  # who decided the severity: nvidia (its bucket) | gpufleet | operator
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,7 +53,13 @@ class XidInfo:
             "window_seconds": self.window_seconds,
             "known": self.known,
             "source": self.source,
+            "bucket": self.bucket,
+            "reference": self.reference,
         }
+
+
+class XidCatalogError(ValueError):
+    """A catalog or override file that cannot be used (names the file and the entry)."""
 
 
 class XidCatalog:
@@ -52,6 +67,7 @@ class XidCatalog:
         defaults = data.get("defaults", {})
         self.unknown_severity = Severity.parse(defaults.get("unknown_severity", "MONITOR"))
         self.unknown_action = defaults.get("unknown_action", "")
+        self.buckets = {name: dict(v) for name, v in (data.get("buckets") or {}).items()}
         self.windows = {Severity.parse(k): v for k, v in defaults.get("window_seconds", {}).items()}
         self.entries = {int(k): dict(v) for k, v in (data.get("xids") or {}).items()}
         self.architectures = {
@@ -59,13 +75,46 @@ class XidCatalog:
             for arch, table in (data.get("architectures") or {}).items()
         }
         self.operator = {int(k): dict(v) for k, v in ((operator or {}).get("xids") or {}).items()}
+        self.on_unknown: Callable[[int], None] | None = None  # the agent counts unknown codes here
+
+    def report_unknown(self, code: int, message: str = "") -> None:
+        """An Xid not in the catalog: counted every time, logged once per code (per process)."""
+        if self.on_unknown is not None:
+            self.on_unknown(code)
+        if code not in _logged_unknown and len(_logged_unknown) < MAX_LOGGED_UNKNOWN:
+            _logged_unknown.add(code)
+            log.warning(
+                "Xid not in the catalog: treated as MONITOR; look it up in NVIDIA's Xid catalog and add an "
+                "override if it needs more",
+                extra={"fields": {"xid": code, "message": message[:200]}},
+            )
 
     @classmethod
     def load(cls, operator_file: Path | None = None) -> XidCatalog:
+        """The packaged catalog plus the operator's file (when it exists), validated entry by entry.
+
+        Raises XidCatalogError (or the YAML/OS error, which names the file and line) for a file
+        that cannot be used, so a reload can keep the running catalog."""
         operator = None
         if operator_file is not None and Path(operator_file).exists():
-            operator = safe_load(Path(operator_file).read_text()) or {}
-        return cls(packaged("xid_catalog.yaml"), operator)
+            operator = safe_load(Path(operator_file).read_text(encoding="utf-8")) or {}
+            if not isinstance(operator, dict) or not isinstance(operator.get("xids") or {}, dict):
+                raise XidCatalogError(f"{operator_file}: expected a mapping with an `xids:` mapping")
+        try:
+            catalog = cls(packaged("xid_catalog.yaml"), operator)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise XidCatalogError(f"{operator_file}: {exc}") from None
+        catalog.validate(str(operator_file or "xid_catalog.yaml"))
+        return catalog
+
+    def validate(self, source: str) -> None:
+        """Every entry resolves to a severity (a typo fails at load, not at the first Xid)."""
+        for code in sorted(set(self.entries) | set(self.operator)):
+            for arch in [None, *self.architectures]:
+                try:
+                    self.lookup(code, arch)
+                except (ValueError, TypeError) as exc:
+                    raise XidCatalogError(f"{source}: Xid {code}: {exc}") from None
 
     def window_for(self, severity: Severity) -> float | None:
         value = self.windows.get(severity)
@@ -79,20 +128,34 @@ class XidCatalog:
         if architecture and code in self.architectures.get(architecture.lower(), {}):
             entry.update(self.architectures[architecture.lower()][code])
             source = f"architecture:{architecture.lower()}"
+        reference = entry.get("source", "nvidia" if known else "")
         if code in self.operator:
             entry.update(self.operator[code])
             source = "operator"
             known = True
-        severity = Severity.parse(entry.get("severity", self.unknown_severity))
+            if "severity" in self.operator[code]:
+                reference = "operator"
+        bucket = entry.get("bucket", "")
+        if bucket and bucket not in self.buckets:
+            raise ValueError(
+                f"unknown resolution bucket {bucket!r}; known: {', '.join(sorted(self.buckets))}"
+            )
+        by_bucket = self.buckets.get(bucket, {})
+        severity = Severity.parse(entry.get("severity", by_bucket.get("severity", self.unknown_severity)))
         window = entry.get("window_seconds", self.window_for(severity))
+        name = entry.get("name") or (
+            f"unused code {entry['mnemonic']}" if "mnemonic" in entry else f"Xid {code}"
+        )
         return XidInfo(
             code=code,
-            name=entry.get("name", f"Xid {code}"),
+            name=name,
             severity=severity,
-            action=entry.get("action", self.unknown_action),
+            action=entry.get("action", by_bucket.get("action", self.unknown_action)),
             window_seconds=None if window is None else float(window),
             known=known,
             source=source,
+            bucket=bucket,
+            reference=reference,
         )
 
     def recovery_actions(self) -> list[dict[str, Any]]:
@@ -117,6 +180,8 @@ class XidCatalog:
             window_seconds=self.window_for(severity),
             known=True,
             source="recovery-action",
+            bucket=info.bucket,
+            reference="nvidia",
         )
 
 

@@ -74,7 +74,9 @@ class KubeNodeSink:
         self.node_name = node_name
         self.settings = settings
 
-    def publish(self, publication: Publication, memory: FenceMemory) -> PublishResult:
+    def publish(
+        self, publication: Publication, memory: FenceMemory, boot_id: str | None = None
+    ) -> PublishResult:
         """Make the node show `publication` and the fence decision; raises KUBE_ERRORS on API failure."""
         settings = self.settings
         decided: dict = {}
@@ -92,11 +94,13 @@ class KubeNodeSink:
                 settings.lift_after,
                 settings.max_fenced,
                 fleet,
+                boot_id=boot_id,
+                now=publication.time,
             )
             decided["decision"] = decision
             content = merge_node_patches(
                 labels_patch(node, publication.labels),
-                annotations_patch(node, publication.annotations),
+                annotations_patch(node, {**publication.annotations, **decision.annotations()}),
                 taint_patch(decision.taint_change) if decision.writes else None,
             )
             last_check = parse_label_time(node_labels(node).get(LABEL_LAST_CHECK))

@@ -7,8 +7,12 @@ One entry per change of the node's status or verdict, and per fence action
 
 args = {node, status, verdict, previous_status, previous_verdict, fence, findings: [first 5], time}.
 
-Redis being down never delays the checks: events wait in a bounded buffer
-(oldest dropped first) and go out, in order, at the next cycle.
+Redis being down never delays the checks: events wait in a bounded buffer and
+go out, in order, when Redis answers again (the agent's Redis thread retries
+with backoff). The drop rule: at most MAX_BUFFERED (100) events wait; when
+the buffer is full the oldest is dropped and counted
+(gpufleet_health_redis_events_dropped_total). An event Redis took before it
+restarted is as durable as Redis' own persistence makes it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ MAX_BUFFERED = 100
 
 
 class RedisEventSink:
-    def __init__(self, url: str, node: str, stream: str = STREAM, client=None):
+    def __init__(self, url: str, node: str, stream: str = STREAM, client=None, on_drop=None):
         import redis
 
+        self.on_drop = on_drop  # called once per event dropped from a full buffer
         self.node = node
         self.stream = stream
         self.client = client or redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -38,10 +43,17 @@ class RedisEventSink:
 
     def observe(self, report, fence_action: str | None) -> None:
         """Queue an event when the status/verdict changed or the fence moved, then send what is queued."""
+        self.queue(report, fence_action)
+        self.flush()
+
+    def queue(self, report, fence_action: str | None) -> None:
+        """Queue an event when the status/verdict changed or the fence moved (no I/O)."""
         current = (report.status.value, report.verdict.name)
         moved = fence_action in ("fence", "lift", "suppressed")
         if current != self.last or moved:
             previous = self.last or (None, None)
+            if len(self.buffer) == self.buffer.maxlen and self.on_drop is not None:
+                self.on_drop()
             self.buffer.append(
                 {
                     "node": self.node,
@@ -59,7 +71,6 @@ class RedisEventSink:
                 }
             )
             self.last = current
-        self.flush()
 
     def flush(self) -> bool:
         """Send the queued events in order; False (events kept) when Redis does not answer."""

@@ -1,7 +1,11 @@
 """The local state file, /var/lib/gpufleet/health.json: the agent's memory and its last report.
 
-Written atomically (temp file in the same directory + rename) after every
-cycle, so `gpufleet health status` and a restarted agent never read half a file.
+Written atomically after every cycle: a temp file in the same directory,
+fsync'd, renamed over the old one, then the directory fsync'd — so neither a
+crash nor a power cut leaves half a file or loses the rename. A file that
+cannot be read as state (truncated, empty, garbage) is kept aside as
+`health.json.corrupt-<UTC time>` and logged; the agent then starts without
+memory and takes the fence from the node object (see fencing.py).
 
     {"schema": "gpufleet.io/health-agent-state/v1",
      "engine": {...HealthState...}, "fence": {...FenceMemory...},
@@ -12,12 +16,19 @@ cycle, so `gpufleet health status` and a restarted agent never read half a file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 STATE_SCHEMA = "gpufleet.io/health-agent-state/v1"
+
+log = logging.getLogger("gpufleet.health.state")
+
+# load_state's verdict on the file
+STATE_OK, STATE_MISSING, STATE_CORRUPT = "ok", "missing", "corrupt"
 
 
 def write_state(path: Path | str, data: dict[str, Any]) -> None:
@@ -27,11 +38,61 @@ def write_state(path: Path | str, data: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(dict(data, schema=STATE_SCHEMA), handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (a power cut must not bring back the old file)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_state(path: Path | str) -> tuple[dict[str, Any], str]:
+    """(state, STATE_OK | STATE_MISSING | STATE_CORRUPT). A corrupt file is moved aside and logged."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}, STATE_MISSING
+    except OSError as exc:
+        log.error(
+            "state file unreadable; starting without memory",
+            extra={"fields": {"path": str(path), "error": str(exc)}},
+        )
+        return {}, STATE_CORRUPT
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"not a {STATE_SCHEMA} document")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = None
+        log.error(
+            "state file is corrupt; kept aside, starting without memory (the node's fence stays the truth)",
+            extra={
+                "fields": {
+                    "path": str(path),
+                    "kept_as": str(aside) if aside else None,
+                    "bytes": len(raw),
+                    "error": str(exc)[:200],
+                }
+            },
+        )
+        return {}, STATE_CORRUPT
+    return data, STATE_OK
 
 
 def read_state(path: Path | str) -> dict[str, Any]:

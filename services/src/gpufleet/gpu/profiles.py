@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.gpu.base import NodeReading
-from gpufleet.health.datafiles import packaged, safe_load
+from gpufleet.gpu.datafiles import packaged, safe_load
 
 
 class ProfileError(ValueError):
