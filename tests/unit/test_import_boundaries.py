@@ -24,10 +24,6 @@ ETCD_LIBRARIES = ("etcd3", "etcd3gw", "aetcd")
 KNOWN_VIOLATIONS = {
     # removed by branch isolation: the agent discovers GPUs through gpufleet.gpu
     ("services/src/gpufleet/agent/resources.py", "pynvml"),
-    # removed by branch health: hardware profiles and the kernel-log source move into gpu/
-    ("services/src/gpufleet/gpu/simulated.py", "gpufleet.health.profiles"),
-    ("services/src/gpufleet/gpu/simulated.py", "gpufleet.health.kernel_log"),
-    ("services/src/gpufleet/gpu/host.py", "gpufleet.health.kernel_log"),
 }
 
 
