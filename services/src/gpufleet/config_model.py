@@ -209,5 +209,13 @@ def read_toml(path: Path, missing: str = "no such file", unreadable: str = "{str
         raise ConfigError(f"{path}: {missing}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {unreadable.format(strerror=exc.strerror)}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(path, exc)) from None
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def not_utf8(path: Path | str, exc: UnicodeDecodeError) -> str:
+    """`file:line: not UTF-8 text (...)` — where in the file the bad byte is."""
+    line = exc.object[: exc.start].count(b"\n") + 1 if isinstance(exc.object, bytes) else "?"
+    return f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})"

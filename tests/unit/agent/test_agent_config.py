@@ -179,5 +179,5 @@ def test_etcd_tls_keys_are_validated(etcd, message):
 def test_a_file_that_is_not_utf8_names_the_file(tmp_path):
     path = tmp_path / "agent.toml"
     path.write_bytes(b'[agent]\nid = "n\xe9ud"\n')
-    with pytest.raises(ConfigError, match=r"agent.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"agent\.toml:2: not UTF-8 text"):
         load_config(path)

@@ -97,7 +97,7 @@ def test_the_default_path_may_be_absent(monkeypatch, tmp_path):
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
     broken = tmp_path / "latin1.toml"
     broken.write_bytes(b'node_name = "n\xe9ud"\n')
-    with pytest.raises(ConfigError, match=r"latin1.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"latin1\.toml:1: not UTF-8 text"):
         load_config(broken)
 
 

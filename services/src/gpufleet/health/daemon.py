@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpufleet import service
+from gpufleet.config_model import not_utf8
 from gpufleet.gpu import open_backend
 from gpufleet.gpu.base import BackendUnavailable, BlockingCallGuard, GpuBackend, XidEvent
 from gpufleet.health.config import AgentConfig, ConfigError, load_config
@@ -90,8 +91,7 @@ def describe_config_error(path: Path | str, exc: BaseException) -> str:
         problem = getattr(exc, "problem", None) or str(exc)
         return f"{path}:{mark.line + 1}: not valid YAML: {problem}"
     if isinstance(exc, UnicodeDecodeError):
-        line = exc.object[: exc.start].count(b"\n") + 1 if isinstance(exc.object, bytes) else "?"
-        return f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return not_utf8(path, exc)
     if isinstance(exc, FileNotFoundError):
         return f"{exc.filename or path}: no such file"
     if isinstance(exc, OSError):
