@@ -81,7 +81,8 @@ def node_venv(tmp_path_factory) -> Path:
          "-r", REPO / "requirements" / "node.txt"],
         [venv / "bin" / "pip", "install", "-q", "--no-index", "--no-deps", "--find-links", wheels, wheel],
     ):
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=work, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=work,
+                              check=False)
         assert proc.returncode == 0, f"{argv}: {proc.stdout}{proc.stderr}"
     return venv
 
