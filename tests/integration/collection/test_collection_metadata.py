@@ -114,3 +114,63 @@ def test_collection_ee_metadata_names_the_runtime_lock():
     python = meta["dependencies"]["python"]
     assert (REPO / python).is_file() and python == "requirements/node.txt"
     assert set(meta["dependencies"]) <= {"python", "system"}
+
+
+def ci_ansible_core() -> tuple[int, int]:
+    """The ansible-core series CI runs: the pin in requirements/dev.txt."""
+    [pin] = [line for line in (REPO / "requirements" / "dev.txt").read_text().splitlines()
+             if line.startswith("ansible-core==")]
+    major, minor = pin.split("==")[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_requires_ansible_is_no_older_than_what_ci_tests():
+    from packaging.specifiers import SpecifierSet
+
+    claim = SpecifierSet(yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())["requires_ansible"])
+    major, minor = ci_ansible_core()
+    assert claim.contains(f"{major}.{minor}.0"), f"CI's ansible-core {major}.{minor} is outside {claim}"
+    assert not claim.contains(f"{major}.{minor - 1}.99"), (
+        f"{claim} claims ansible-core older than the {major}.{minor} series CI tests")
+
+
+def test_a_sanity_ignore_file_for_every_claimed_ansible_core():
+    from packaging.specifiers import SpecifierSet
+
+    claim = SpecifierSet(yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())["requires_ansible"])
+    files = {path.name for path in (REPO / "tests" / "sanity").glob("ignore-*.txt")}
+    major, minor = ci_ansible_core()
+    # Every released series the claim covers, up to the newest one CI tests.
+    claimed = {f"ignore-{major}.{m}.txt" for m in range(0, minor + 1) if claim.contains(f"{major}.{m}.0")}
+    assert claimed and claimed <= files, f"missing: {sorted(claimed - files)}"
+    outside = {name for name in files if not claim.contains(name[len("ignore-"):-len(".txt")] + ".0")}
+    assert not outside, f"ignore files for ansible-core the collection does not claim: {sorted(outside)}"
+    # Each ignore names an existing file and says why.
+    for name in claimed:
+        for line in (REPO / "tests" / "sanity" / name).read_text().splitlines():
+            path, _, rest = line.partition(" ")
+            assert (REPO / path).is_file(), f"{name}: {path} does not exist"
+            assert "#" in rest, f"{name}: {line!r} gives no reason"
+
+
+def test_diagnostics_job_defaults_name_the_image_the_recipe_builds():
+    """The quarantine and sweep Jobs default to <recipe name>:<gpufleet version>, the tag
+    scripts/diagnostics-image gives the image it builds (tests/image builds and runs it)."""
+    import ast
+
+    [name] = [line.split("=", 1)[1] for line in (REPO / "lab" / "diagnostics.recipe").read_text().splitlines()
+              if line.startswith("name=")]
+    version = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
+    expected = f"{name}:{version}"
+    source = (REPO / "services/src/gpufleet/kube/diagnostics.py").read_text()
+    [default] = [node.value.value for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "DEFAULT_IMAGE"]
+    assert default == expected
+    image_reference = re.compile(r"[\w.-]+/[\w./-]*(?:health-agent|diagnostics)[\w.-]*:[\w.-]+")
+    sources = [*sorted((REPO / "playbooks").glob("*.yml")), *sorted((REPO / "plugins/modules").glob("*.py")),
+               *sorted((REPO / "roles").glob("*/defaults/main.yml"))]
+    images = {(image, path.name) for path in sources for image in image_reference.findall(path.read_text())}
+    assert images, "no diagnostics image default found"
+    wrong = {(image, where) for image, where in images if image != expected
+             and not image.startswith("registry.example.com/")}  # documentation examples
+    assert not wrong, f"diagnostics image defaults other than {expected}: {sorted(wrong)}"
