@@ -4,6 +4,7 @@ Starts a real `gpufleet agent run` (local backend; subprocess mode when systemd
 is not PID 1) on loopback ports and drives it over its RPC like a client would.
 
     python benchmarks/agent_latency.py [--creates 30] [--executes 200] [--concurrent 50] [--json]
+    python benchmarks/agent_latency.py --kubernetes [--creates 30] [--kernels 5] [--idle 10] [--json]
 
 Targets (issue 8): create→ready p50 <= 300 ms, execute round-trip p50 <= 20 ms.
 """
@@ -105,6 +106,11 @@ def create(client: AgentClient) -> tuple[str, float]:
 
 
 def main() -> int:
+    if "--kubernetes" in sys.argv[1:]:  # the Kubernetes backend: its own measurement, agent_latency_kube.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from agent_latency_kube import kubernetes_main
+
+        return kubernetes_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--creates", type=int, default=30)
     parser.add_argument("--executes", type=int, default=200)

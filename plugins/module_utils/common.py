@@ -1,7 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpufleet maintainers
 # Apache License 2.0 (see LICENSE)
-"""Shared pieces of the gpufleet.cluster modules: auth options and imports.
+"""Shared pieces of the gpufleet.cluster modules: etcd connection options and imports.
+
+The Kubernetes modules' preamble and auth options are in module_utils/kube.py.
 
 Modules stay thin: an argument spec, then a call into the `gpufleet` Python
 package (installed on the host that runs the module, like `kubernetes` is for
@@ -16,21 +18,6 @@ import importlib
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
-
-# The Kubernetes auth options every Kubernetes-facing module takes; documented
-# once in doc_fragments/kube_auth.py and settable for all of them at once with
-# module_defaults group/gpufleet.cluster.kubernetes.
-KUBE_AUTH_ARG_SPEC = dict(
-    kubeconfig=dict(type="path", aliases=["kubeconfig_path"]),
-    context=dict(type="str"),
-    host=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
-    validate_certs=dict(type="bool", aliases=["verify_ssl"]),
-    ca_cert=dict(type="path", aliases=["ssl_ca_cert"]),
-    client_cert=dict(type="path", aliases=["cert_file"]),
-    client_key=dict(type="path", aliases=["key_file"], no_log=False),
-)
-
 
 # How etcd_kv and etcd_kv_info reach etcd; documented in doc_fragments/etcd_connection.py.
 ETCD_CONNECTION_ARG_SPEC = dict(
@@ -48,11 +35,6 @@ ETCD_CONNECTION_ARG_SPEC = dict(
 def etcd_client(etcd, params):
     """A gpufleet.etcd.EtcdClient from a module's connection params."""
     return etcd.EtcdClient(**dict((name, params[name]) for name in ETCD_CONNECTION_ARG_SPEC))
-
-
-def kube_auth_options(params):
-    """The auth options out of a module's params, for gpufleet.kube.client."""
-    return dict((name, params.get(name)) for name in KUBE_AUTH_ARG_SPEC)
 
 
 def require_gpufleet(module, *names):

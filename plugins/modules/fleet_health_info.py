@@ -22,6 +22,9 @@ description:
   - Never changes anything.
 extends_documentation_fragment:
   - gpufleet.cluster.kube_auth
+  - gpufleet.cluster.attributes
+  - gpufleet.cluster.attributes.KUBERNETES
+  - gpufleet.cluster.attributes.INFO_MODULE
 options:
   states:
     description:
@@ -124,46 +127,37 @@ names:
   elements: str
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
-    KUBE_AUTH_ARG_SPEC,
-    kube_auth_options,
-    require_gpufleet,
-)
+from ansible_collections.gpufleet.cluster.plugins.module_utils.kube import run_kube_module
 
 STATES = ["healthy", "warning", "unhealthy", "unknown", "quarantined", "cordoned", "maintenance", "not_ready",
           "schedulable", "idle", "busy"]
 
 
-def main():
-    argument_spec = dict(
-        states=dict(type="list", elements="str", choices=STATES),
-        names=dict(type="list", elements="str"),
-        label_selector=dict(type="str"),
-        include_workloads=dict(type="bool", default=False),
-        gpu_only=dict(type="bool", default=True),
-    )
-    argument_spec.update(KUBE_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    client, kube_api, fleet = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.fleet")
-    params = module.params
-    try:
-        api = kube_api.KubeApi(client.api_client(**kube_auth_options(params)))
-        nodes = fleet.list_fleet(api, label_selector=params["label_selector"], gpu_only=params["gpu_only"],
-                                 names=params["names"])
-        if params["include_workloads"] or set(params["states"] or []) & {"idle", "busy"}:
-            fleet.attach_workloads(api, nodes)
-    except kube_api.KUBE_ERRORS as exc:
-        module.fail_json(msg="listing the fleet: %s" % kube_api.describe_error(exc),
-                         status=getattr(exc, "status", None), exception=traceback.format_exc())
-    nodes = fleet.filter_fleet(nodes, states=params["states"])
-    module.exit_json(changed=False, nodes=nodes, names=[n["name"] for n in nodes],
-                     counts=fleet.fleet_counts(nodes))
+ARGUMENT_SPEC = dict(
+    states=dict(type="list", elements="str", choices=STATES),
+    names=dict(type="list", elements="str"),
+    label_selector=dict(type="str"),
+    include_workloads=dict(type="bool", default=False),
+    gpu_only=dict(type="bool", default=True),
+)
 
+
+def run(module, api):
+    from gpufleet.kube import fleet
+
+    params = module.params
+    nodes = fleet.list_fleet(api, label_selector=params["label_selector"], gpu_only=params["gpu_only"],
+                             names=params["names"])
+    if params["include_workloads"] or set(params["states"] or []) & {"idle", "busy"}:
+        fleet.attach_workloads(api, nodes)
+    nodes = fleet.filter_fleet(nodes, states=params["states"])
+    return dict(changed=False, nodes=nodes, names=[n["name"] for n in nodes],
+                counts=fleet.fleet_counts(nodes))
+
+
+def main():
+    run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "listing the fleet")
 
 if __name__ == "__main__":
     main()

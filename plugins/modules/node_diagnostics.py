@@ -25,6 +25,15 @@ author:
   - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
   - gpufleet.cluster.kube_auth
+  - gpufleet.cluster.attributes
+  - gpufleet.cluster.attributes.KUBERNETES
+attributes:
+  check_mode:
+    support: full
+    details:
+      - In check mode the Job manifest that would run is returned and nothing is created.
+  diff_mode:
+    support: none
 options:
   name:
     description: The node to run the diagnostics on.
@@ -93,52 +102,44 @@ job:
   type: dict
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
-    KUBE_AUTH_ARG_SPEC,
-    kube_auth_options,
-    require_gpufleet,
+from ansible_collections.gpufleet.cluster.plugins.module_utils.kube import run_kube_module
+
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    level=dict(type="int", default=2, choices=[1, 2, 3, 4]),
+    command=dict(type="list", elements="str"),
+    image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
+    namespace=dict(type="str", default="kube-system"),
+    gpus=dict(type="int"),
+    timeout=dict(type="int", default=1800),
+    poll_interval=dict(type="float", default=2.0),
 )
 
 
-def main():
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        level=dict(type="int", default=2, choices=[1, 2, 3, 4]),
-        command=dict(type="list", elements="str"),
-        image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
-        namespace=dict(type="str", default="kube-system"),
-        gpus=dict(type="int"),
-        timeout=dict(type="int", default=1800),
-        poll_interval=dict(type="float", default=2.0),
-    )
-    argument_spec.update(KUBE_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    client, kube_api, diagnostics, fleet = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.diagnostics",
-        "gpufleet.kube.fleet")
+def run(module, api):
+    from gpufleet.kube import diagnostics, fleet
+
     params = module.params
     command = params["command"] or diagnostics.diagnostics_command(params["level"])
-    try:
-        api = kube_api.KubeApi(client.api_client(**kube_auth_options(params)))
-        gpus = params["gpus"]
-        if gpus is None:
-            gpus = fleet.gpu_count(api.get_node(params["name"]))
-        job = diagnostics.job_manifest(params["name"], gpus, params["image"], command, params["namespace"],
-                                       params["timeout"])
-        if module.check_mode:
-            module.exit_json(changed=True, job=job, result={
-                "verdict": "pending", "detail": "check mode: would run the diagnostics Job",
-                "job": "%s/%s" % (params["namespace"], job["metadata"]["name"])})
-        result = diagnostics.run_diagnostics(api, params["name"], gpus, params["image"], command,
-                                             params["namespace"], params["timeout"], params["poll_interval"])
-    except kube_api.KUBE_ERRORS as exc:
-        module.fail_json(msg="diagnostics on %s: %s" % (params["name"], kube_api.describe_error(exc)),
-                         status=getattr(exc, "status", None), exception=traceback.format_exc())
-    module.exit_json(changed=True, job=job, result=result)
+    gpus = params["gpus"]
+    if gpus is None:
+        gpus = fleet.gpu_count(api.get_node(params["name"]))
+    job = diagnostics.job_manifest(params["name"], gpus, params["image"], command, params["namespace"],
+                                   params["timeout"])
+    if module.check_mode:
+        return dict(changed=True, job=job, result={
+            "verdict": "pending", "detail": "check mode: would run the diagnostics Job",
+            "job": "%s/%s" % (params["namespace"], job["metadata"]["name"])})
+    result = diagnostics.run_diagnostics(api, params["name"], gpus, params["image"], command,
+                                         params["namespace"], params["timeout"], params["poll_interval"])
+    return dict(changed=True, job=job, result=result)
 
+
+def main():
+    run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "diagnostics on %s" % params["name"],
+                    node_names=["name"])
 
 if __name__ == "__main__":
     main()

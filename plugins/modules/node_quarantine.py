@@ -33,6 +33,13 @@ description:
     quarantine annotation. An operator's own cordon or taints stay.
 extends_documentation_fragment:
   - gpufleet.cluster.kube_auth
+  - gpufleet.cluster.attributes
+  - gpufleet.cluster.attributes.KUBERNETES
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   name:
     description: Name of the node.
@@ -197,15 +204,8 @@ message:
   type: str
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
-    KUBE_AUTH_ARG_SPEC,
-    kube_auth_options,
-    require_gpufleet,
-)
+from ansible_collections.gpufleet.cluster.plugins.module_utils.kube import run_kube_module
 
 
 def node_view(node):
@@ -220,38 +220,35 @@ def node_view(node):
     )
 
 
-def main():
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", choices=["quarantined", "released"], default="quarantined"),
-        reason=dict(type="str", default=""),
-        requested_by=dict(type="str", default="ansible"),
-        drain=dict(type="bool", default=False),
-        drain_timeout=dict(type="int", default=300),
-        grace_period=dict(type="int"),
-        delete_emptydir_data=dict(type="bool", default=False),
-        delete_unmanaged=dict(type="bool", default=False),
-        max_quarantined=dict(type="str"),
-        force=dict(type="bool", default=False),
-        diagnostics=dict(type="dict", options=dict(
-            image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
-            command=dict(type="list", elements="str"),
-            namespace=dict(type="str", default="kube-system"),
-            timeout=dict(type="int", default=3600),
-            rerun=dict(type="bool", default=False),
-        )),
-        health_label=dict(type="str", default="pass"),
-    )
-    argument_spec.update(KUBE_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    client, kube_api, quarantine, fleet = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.quarantine",
-        "gpufleet.kube.fleet")
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", choices=["quarantined", "released"], default="quarantined"),
+    reason=dict(type="str", default=""),
+    requested_by=dict(type="str", default="ansible"),
+    drain=dict(type="bool", default=False),
+    drain_timeout=dict(type="int", default=300),
+    grace_period=dict(type="int"),
+    delete_emptydir_data=dict(type="bool", default=False),
+    delete_unmanaged=dict(type="bool", default=False),
+    max_quarantined=dict(type="str"),
+    force=dict(type="bool", default=False),
+    diagnostics=dict(type="dict", options=dict(
+        image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
+        command=dict(type="list", elements="str"),
+        namespace=dict(type="str", default="kube-system"),
+        timeout=dict(type="int", default=3600),
+        rerun=dict(type="bool", default=False),
+    )),
+    health_label=dict(type="str", default="pass"),
+)
+
+
+def run(module, api):
+    from gpufleet.kube import fleet, quarantine
+
     params = module.params
     name = params["name"]
-
     try:
-        api = kube_api.KubeApi(client.api_client(**kube_auth_options(params)))
         if params["state"] == "quarantined":
             outcome = quarantine.quarantine_node(
                 api, name, reason=params["reason"], by=params["requested_by"], drain=params["drain"],
@@ -264,9 +261,6 @@ def main():
                                               check_mode=module.check_mode)
     except quarantine.QuarantineRefused as exc:
         module.fail_json(msg=str(exc), refused=True)
-    except (ValueError,) + kube_api.KUBE_ERRORS as exc:
-        module.fail_json(msg="node %s: %s" % (name, kube_api.describe_error(exc)),
-                         status=getattr(exc, "status", None), exception=traceback.format_exc())
 
     result = dict(
         changed=outcome.changed,
@@ -287,8 +281,11 @@ def main():
                               before_header="node/%s" % name, after_header="node/%s" % name)
     if outcome.failed:
         module.fail_json(msg=outcome.message, **result)
-    module.exit_json(**result)
+    return result
 
+
+def main():
+    run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "node %s" % params["name"], node_names=["name"])
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,13 @@ description:
   - The same taint merge is used by the gpufleet health agent.
 extends_documentation_fragment:
   - gpufleet.cluster.kube_auth
+  - gpufleet.cluster.attributes
+  - gpufleet.cluster.attributes.KUBERNETES
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   name:
     description: Name of the node.
@@ -152,53 +159,31 @@ owned_taints:
   sample: {"gpufleet.io/maintenance:NoSchedule": "gpufleet.cluster"}
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.cluster.plugins.module_utils.kube import run_kube_module
 
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
-    KUBE_AUTH_ARG_SPEC,
-    kube_auth_options,
-    require_gpufleet,
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    taints=dict(type="list", elements="dict", required=True, options=dict(
+        key=dict(type="str", required=True, no_log=False),
+        value=dict(type="str"),
+        effect=dict(type="str", choices=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+    )),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    replace=dict(type="bool", default=False),
+    owner=dict(type="str", default="gpufleet.cluster"),
+    force=dict(type="bool", default=False),
 )
 
 
-def main():
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        taints=dict(type="list", elements="dict", required=True, options=dict(
-            key=dict(type="str", required=True, no_log=False),
-            value=dict(type="str"),
-            effect=dict(type="str", choices=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
-        )),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        replace=dict(type="bool", default=False),
-        owner=dict(type="str", default="gpufleet.cluster"),
-        force=dict(type="bool", default=False),
-    )
-    argument_spec.update(KUBE_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    client, kube_api, nodes = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.kube.nodes")
+def run(module, api):
+    from gpufleet.kube.nodes import set_taints
+
     params = module.params
     taints = [dict((k, v) for k, v in t.items() if v is not None) for t in params["taints"]]
-    if params["state"] == "present":
-        missing = [t["key"] for t in taints if not t.get("effect")]
-        if missing:
-            module.fail_json(msg="state=present needs an effect for every taint; missing for: %s"
-                             % ", ".join(missing))
-
-    try:
-        api = kube_api.KubeApi(client.api_client(**kube_auth_options(params)))
-        update = nodes.set_taints(api, params["name"], taints, state=params["state"],
-                                  owner=params["owner"], force=params["force"], replace=params["replace"],
-                                  check_mode=module.check_mode)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    except kube_api.KUBE_ERRORS as exc:
-        module.fail_json(msg="node %s: %s" % (params["name"], kube_api.describe_error(exc)),
-                         status=getattr(exc, "status", None), exception=traceback.format_exc())
-
+    update = set_taints(api, params["name"], taints, state=params["state"], owner=params["owner"],
+                        force=params["force"], replace=params["replace"], check_mode=module.check_mode)
     change = update.taint_change
     result = dict(
         changed=update.changed,
@@ -216,8 +201,11 @@ def main():
             after=dict(taints=change.after, owned_taints=change.owned_after),
             before_header="node/%s" % params["name"], after_header="node/%s" % params["name"],
         )
-    module.exit_json(**result)
+    return result
 
+
+def main():
+    run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "node %s" % params["name"], node_names=["name"])
 
 if __name__ == "__main__":
     main()

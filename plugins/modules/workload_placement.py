@@ -32,6 +32,13 @@ description:
   - The logic lives in the C(gpufleet) Python package (C(gpufleet.placement)).
 extends_documentation_fragment:
   - gpufleet.cluster.kube_auth
+  - gpufleet.cluster.attributes
+  - gpufleet.cluster.attributes.KUBERNETES
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   workload:
     description:
@@ -154,34 +161,27 @@ filters:
   elements: dict
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.gpufleet.cluster.plugins.module_utils.common import (
-    KUBE_AUTH_ARG_SPEC,
-    kube_auth_options,
-    require_gpufleet,
-)
+from ansible_collections.gpufleet.cluster.plugins.module_utils.kube import run_kube_module
 
 STRATEGIES = ["best_fit", "binpack", "least_utilized", "balance", "round_robin", "priority", "fgd",
               "fgd_fine", "fgd_mem", "topology", "random"]
 
 
-def main():
-    argument_spec = dict(
-        workload=dict(type="raw", required=True),
-        strategy=dict(type="str", default="best_fit", choices=STRATEGIES),
-        tie_break=dict(type="list", elements="str", default=["topology"]),
-        strategy_options=dict(type="dict", default={}),
-        seed=dict(type="int", default=0),
-        pin=dict(type="str", choices=["node_selector", "node_affinity"], default="node_selector"),
-        visible_devices=dict(type="bool", default=False),
-    )
-    argument_spec.update(KUBE_AUTH_ARG_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    client, kube_api, placement = require_gpufleet(
-        module, "gpufleet.kube.client", "gpufleet.kube.api", "gpufleet.placement.kube")
+ARGUMENT_SPEC = dict(
+    workload=dict(type="raw", required=True),
+    strategy=dict(type="str", default="best_fit", choices=STRATEGIES),
+    tie_break=dict(type="list", elements="str", default=["topology"]),
+    strategy_options=dict(type="dict", default={}),
+    seed=dict(type="int", default=0),
+    pin=dict(type="str", choices=["node_selector", "node_affinity"], default="node_selector"),
+    visible_devices=dict(type="bool", default=False),
+)
+
+
+def run(module, api):
+    from gpufleet.placement import kube as placement
+
     params = module.params
     items = params["workload"] if isinstance(params["workload"], list) else [params["workload"]]
     if not items or not all(isinstance(item, dict) for item in items):
@@ -189,10 +189,9 @@ def main():
     unknown = [name for name in params["tie_break"] if name not in STRATEGIES]
     if unknown:
         module.fail_json(msg="unknown tie_break strategies: %s" % ", ".join(unknown))
-
     try:
         result = placement.place_workloads(
-            client.api_client(**kube_auth_options(params)),
+            api,
             items,
             strategy=params["strategy"],
             tie_break=params["tie_break"],
@@ -207,9 +206,6 @@ def main():
                          filters=[dict(workload=d.request.name, filters=d.filters) for d in exc.decisions])
     except (ValueError, TypeError) as exc:
         module.fail_json(msg=str(exc))
-    except kube_api.KUBE_ERRORS as exc:
-        module.fail_json(msg="workload placement: %s" % kube_api.describe_error(exc),
-                         status=getattr(exc, "status", None), exception=traceback.format_exc())
 
     first = result["placements"][0] if result["placements"] else {}
     output = dict(
@@ -226,8 +222,11 @@ def main():
             after="".join("%s: %s GPUs %s\n" % (p["workload"], p["node"], p["gpus"])
                           for p in result["placements"] if p["changed"]),
         )
-    module.exit_json(**output)
+    return output
 
+
+def main():
+    run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "workload placement")
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,19 @@ def k8s_config(tmp_path, kube_api):
                        kernel_ready_timeout=5)
 
 
+async def probe_tcp(port: int, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 class FakeKubelet:
     """Starts the pod's runner locally and reports the pod Ready (what kubelet + containerd would do)."""
 
@@ -54,7 +67,9 @@ class FakeKubelet:
                         .replace("/home/work", str(self.scratch_root / kid / "work")) for a in argv]
                 argv[argv.index("--host") + 1] = "127.0.0.1"
                 self.processes.append(subprocess.Popen(argv))
-                await asyncio.sleep(0.3)
+                # the readinessProbe: the runner's port accepts a connection
+                port = pod["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"]
+                await probe_tcp(port)
                 self.kube_api.update_object("pods", name, {"spec": {"nodeName": "gpu-1"}, "status": {
                     "phase": "Running", "podIP": "127.0.0.1",
                     "conditions": [{"type": "Ready", "status": "True"}]}}, NAMESPACE)
@@ -192,3 +207,58 @@ async def test_restart_adopts_running_pods_and_reports_vanished_ones(k8s_config,
         assert kube_api.list_objects("pods", NAMESPACE) == []
     finally:
         await kubelet.stop()
+
+
+def kernel_requests(kube_api) -> list[tuple[str, str]]:
+    """(method, resource) of each request to the kernels' namespace (the watch excluded)."""
+    return [(r.method, r.path.split("/")[-2] if r.method == "DELETE" else r.path.split("/")[-1])
+            for r in kube_api.requests if f"/namespaces/{NAMESPACE}/" in r.path and not r.is_watch]
+
+
+async def test_four_requests_per_kernel_lifetime_and_none_while_idle(k8s_config, kube_api):
+    agent = Agent(k8s_config)
+    kubelet = FakeKubelet(kube_api, k8s_config.container.scratch_root)
+    kubelet.start()
+    await agent.start()
+    try:
+        first = await agent.create_kernel(gpus=1)  # the agent's one LIST + WATCH of its pods start here
+        watches = [r for r in kube_api.requests if r.is_watch]
+        assert len(watches) == 1
+        assert watches[0].query["labelSelector"] == f"gpufleet.io/agent={k8s_config.agent.id}"
+        kube_api.clear_requests()
+
+        record = await agent.create_kernel(gpus=1)
+        assert kernel_requests(kube_api) == [("POST", "pods"), ("POST", "services")]
+        kube_api.clear_requests()
+        await asyncio.sleep(3)  # two kernels idle: nothing is polled
+        assert kube_api.requests == []
+        assert await agent.backend.is_alive(record)  # answered from the watch's cache
+        assert kube_api.requests == []
+
+        await agent.destroy_kernel(record.kernel_id)
+        assert kernel_requests(kube_api) == [("DELETE", "pods"), ("DELETE", "services")]
+        await agent.destroy_kernel(first.kernel_id)
+    finally:
+        await kubelet.stop()
+        await agent.stop(destroy_kernels=True)
+
+
+async def test_a_pod_that_ends_is_reported_from_the_watch(k8s_config, kube_api):
+    agent = Agent(k8s_config)
+    kubelet = FakeKubelet(kube_api, k8s_config.container.scratch_root)
+    kubelet.start()
+    await agent.start()
+    try:
+        record = await agent.create_kernel()
+        kube_api.update_object("pods", f"kernel-{record.kernel_id}", {"status": {
+            "phase": "Failed", "containerStatuses": [{"name": "kernel", "state": {
+                "terminated": {"exitCode": 3}}}]}}, NAMESPACE)
+        deadline = asyncio.get_running_loop().time() + 10
+        while agent.registry.get(record.kernel_id) is not None:
+            assert asyncio.get_running_loop().time() < deadline, "the exit was not noticed"
+            await asyncio.sleep(0.05)
+        terminated = [a for n, a, _ in agent.events.buffer if n == "kernel_terminated"]
+        assert terminated[-1]["reason"] == "self-terminated" and terminated[-1]["exit_code"] == 3
+    finally:
+        await kubelet.stop()
+        await agent.stop(destroy_kernels=True)

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from gpufleet.kube.client import RetryPolicy
 
 OWNED = "gpufleet.io/owned-taints"
 UNHEALTHY = "gpufleet.io/unhealthy"
@@ -26,7 +27,13 @@ def fence_of(node: dict) -> list[dict]:
 
 
 def node_requests(kube_api, method: str | None = None) -> list:
-    return [r for r in kube_api.requests if "/nodes" in r.path and (method is None or r.method == method)]
+    """Requests for the node object itself (not its status subresource: the GpuHealthy condition)."""
+    return [r for r in kube_api.requests if "/nodes" in r.path and not r.path.endswith("/status")
+            and (method is None or r.method == method)]
+
+
+def status_patches(kube_api) -> list:
+    return [r for r in kube_api.writes() if r.path == "/api/v1/nodes/gpu-1/status"]
 
 
 def metric(agent, name: str, **labels) -> float | None:
@@ -71,6 +78,7 @@ def test_one_get_and_one_patch_then_nothing_while_unchanged(fleet, kube_api):
 
     agent.cycle()
     assert [r.method for r in node_requests(kube_api)] == ["GET", "PATCH"]
+    assert len(status_patches(kube_api)) == 1  # the GpuHealthy condition appears
     kube_api.clear_requests()
 
     agent.cycle()
@@ -89,13 +97,16 @@ def test_a_change_is_one_patch_with_the_fence_and_labels_together(fleet, kube_ap
 
     agent.cycle()
 
-    patches = [r for r in kube_api.writes()]
+    patches = [r for r in kube_api.writes() if r.path == "/api/v1/nodes/gpu-1"]
     assert len(patches) == 1
+    assert len(status_patches(kube_api)) == 1  # GpuHealthy turns False
+    assert [r.path for r in kube_api.writes() if r.method == "POST"] == [
+        "/apis/events.k8s.io/v1/namespaces/default/events"]  # the fence is an Event
     body = patches[0].body if isinstance(patches[0].body, dict) else json.loads(patches[0].body)
     assert body["spec"]["taints"][0]["key"] == UNHEALTHY
     assert body["metadata"]["labels"]["gpufleet.io/health"] == "fail"
     # the LIST is the circuit breaker's count, made only before placing a new fence
-    assert [r.method for r in kube_api.requests] == ["GET", "GET", "PATCH"]
+    assert [r.method for r in node_requests(kube_api)] == ["GET", "GET", "PATCH"]
 
 
 def test_conflict_is_retried_on_the_fresh_node(fleet, kube_api):
@@ -115,7 +126,8 @@ def test_api_outage_is_retried_with_backoff_while_checks_go_on(fleet, kube_api, 
     fleet.add("gpu-1")
     fleet.inject("gpu-1", gpu=1, settings={"remapped_rows.pending": True})
     agent = fleet.agent("gpu-1")
-    kube_api.fail_next("GET", NODE_PATH, 503, times=2)
+    # Two publications fail: every attempt of each (the client retries a 503 itself) is answered 503.
+    kube_api.fail_next("GET", NODE_PATH, 503, times=2 * RetryPolicy().attempts)
 
     first = agent.cycle()
     assert first.published is False and agent.pending is not None

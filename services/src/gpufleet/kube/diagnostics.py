@@ -8,8 +8,9 @@ The container reports its verdict as JSON in its termination message
 "ISOLATE", "findings": [...]}. Without a message, the Job's success or
 failure is the verdict.
 
-The recommendation follows the severity (see DESIGN.md): PASS and MONITOR ->
-return to service, RESET -> GPU reset, REBOOT -> reboot, ISOLATE -> replace.
+The recommendation follows the severity scale (PASS < MONITOR < RESET < REBOOT
+< ISOLATE; docs/health.md "Severities"): PASS and MONITOR -> return to service,
+RESET -> GPU reset, REBOOT -> reboot, ISOLATE -> replace.
 """
 
 from __future__ import annotations

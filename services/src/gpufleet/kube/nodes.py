@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from gpufleet.dicts import deep_merge
 from gpufleet.kube.api import KubeApi, update_node
 from gpufleet.kube.taints import OWNED_TAINTS_ANNOTATION, TaintChange, format_owned, merge_taints, parse_owned
+from gpufleet.kube.validation import check_node_name, check_taints
 
 
 def node_taints(node: dict) -> list[dict]:
@@ -68,7 +69,13 @@ class NodeUpdate:
 
 def set_taints(api: KubeApi, name: str, taints: list[dict], state: str = "present", owner: str = "gpufleet",
                force: bool = False, replace: bool = False, check_mode: bool = False) -> NodeUpdate:
-    """Make `taints` present/absent on node `name`; one write at most (none if already so)."""
+    """Make `taints` present/absent on node `name`; one write at most (none if already so).
+
+    Names and taints are checked against Kubernetes' rules first: bad input
+    raises InvalidInput before any request.
+    """
+    check_node_name(name)
+    check_taints(taints, state)
     decided: dict = {}
 
     def compute(node: dict) -> dict | None:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 
-from gpufleet.kube.api import KubeApi, apply_merge_patch, update_node
+from gpufleet.kube.api import KUBE_ERRORS, KubeApi, apply_merge_patch, describe_error, update_node
 from gpufleet.kube.drain import DrainResult, execute_drain, plan_drain
+from gpufleet.kube.events import record_node_event
 from gpufleet.kube.fleet import (
     ANNOTATION_QUARANTINE,
     ANNOTATION_QUARANTINE_RESULT,
@@ -54,7 +56,10 @@ from gpufleet.kube.taints import (
     parse_owned,
 )
 
+log = logging.getLogger("gpufleet.kube.quarantine")
+
 OWNER_QUARANTINE = "gpufleet-quarantine"
+EVENT_SOURCE = OWNER_QUARANTINE  # the reporting controller of quarantine/release Events
 OWNER_HEALTH = "gpufleet-health"  # the health agent's taints (its owner name)
 QUARANTINE_TAINT = {"key": TAINT_QUARANTINE, "value": "true", "effect": "NoExecute"}
 RELEASED_TAINTS = [{"key": TAINT_QUARANTINE}, {"key": TAINT_UNHEALTHY}]
@@ -139,6 +144,9 @@ def quarantine_node(api: KubeApi, name: str, reason: str = "", by: str = "gpufle
         api, name, lambda node: _quarantine_patch(node, reason, by, with_taint=not drain),
         check_mode=check_mode)
     result = QuarantineResult(changed, before, after, counts=counts)
+    if changed and not check_mode:
+        _event(api, after, "NodeQuarantined", "Warning", "Quarantine",
+               f"quarantined by {by}" + (f": {reason}" if reason else ""))
     if drain:
         plan = plan_drain(api.list_pods_on_node(name), delete_emptydir_data, delete_unmanaged)
         result.drain_plan = plan.as_dict()
@@ -227,6 +235,15 @@ def _release_patch(node: dict, owners: list[str], health_label: str | None) -> d
     return merge_node_patches(*patches)
 
 
+def _event(api: KubeApi, node: dict, reason: str, event_type: str, action: str, note: str) -> None:
+    """Record the change as a Kubernetes Event; a refused event is logged, not a failed quarantine."""
+    try:
+        record_node_event(api, node, reason, note, action, EVENT_SOURCE, event_type)
+    except KUBE_ERRORS as exc:
+        log.warning("could not record the %s event for %s: %s", reason, node["metadata"]["name"],
+                    describe_error(exc))
+
+
 def release_node(api: KubeApi, name: str, owners: list[str] | None = None, health_label: str | None = "pass",
                  check_mode: bool = False) -> QuarantineResult:
     """Return a node to service (see the module doc); no write when it is in service already."""
@@ -234,6 +251,8 @@ def release_node(api: KubeApi, name: str, owners: list[str] | None = None, healt
     before, after, changed = update_node(api, name, lambda node: _release_patch(node, owners, health_label),
                                          check_mode=check_mode)
     message = f"{name} returned to service" if changed else f"{name} already in service"
+    if changed and not check_mode:
+        _event(api, after, "NodeReleased", "Normal", "Release", "returned to service")
     if changed and is_cordoned(after):
         message += " (left cordoned: it was cordoned before the quarantine)"
     return QuarantineResult(changed, before, after, message=message)

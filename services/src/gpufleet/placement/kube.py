@@ -13,9 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
+from gpufleet.kube.api import DEPLOYMENTS, JOBS, PODS, STRATEGIC_MERGE_PATCH, KubeApi
 from gpufleet.placement.assign import default_gpus
 from gpufleet.placement.engine import Placer
 from gpufleet.placement.fleet import Fleet
@@ -51,11 +49,6 @@ class NothingFits(Exception):
     def __init__(self, decisions: list[Decision]) -> None:
         self.decisions = decisions
         super().__init__("; ".join(d.why_not() for d in decisions if not d.placed))
-
-
-def _list(call, **kwargs) -> list[dict]:
-    response = call(_preload_content=False, **kwargs)
-    return json.loads(response.data).get("items") or []
 
 
 def _node_gpus(node: dict) -> list[Gpu]:
@@ -106,12 +99,12 @@ def _pod_node(pod: dict) -> str | None:
     return spec.get("nodeName") or (spec.get("nodeSelector") or {}).get("kubernetes.io/hostname")
 
 
-def snapshot(api_client: client.ApiClient) -> Cluster:
+def snapshot(api: KubeApi | Any) -> Cluster:
     """Nodes and the pods on them (running, pending or pinned) — one LIST each."""
-    core = client.CoreV1Api(api_client)
-    nodes = {n.name: n for n in (node_from_api(item) for item in _list(core.list_node))}
+    api = as_kube_api(api)
+    nodes = {n.name: n for n in (node_from_api(item) for item in api.list_nodes())}
     placed = []
-    for pod in _list(core.list_pod_for_all_namespaces):
+    for pod in api.list_pods():
         if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
             continue
         node = nodes.get(_pod_node(pod) or "")
@@ -140,52 +133,41 @@ def snapshot(api_client: client.ApiClient) -> Cluster:
 
 # -- reading and writing workload objects ---------------------------------------------------
 
-
-def _api_calls(api_client: client.ApiClient, kind: str):
-    if kind == "Pod":
-        api = client.CoreV1Api(api_client)
-        return api.read_namespaced_pod, api.create_namespaced_pod, api.patch_namespaced_pod
-    if kind == "Job":
-        api = client.BatchV1Api(api_client)
-        return api.read_namespaced_job, api.create_namespaced_job, api.patch_namespaced_job
-    if kind == "Deployment":
-        api = client.AppsV1Api(api_client)
-        return (
-            api.read_namespaced_deployment,
-            api.create_namespaced_deployment,
-            api.patch_namespaced_deployment,
-        )
-    raise ValueError(f"cannot place a {kind!r}")
+PLACEABLE = {"Pod": PODS, "Job": JOBS, "Deployment": DEPLOYMENTS}
 
 
-def read_object(api_client: client.ApiClient, manifest: dict) -> dict | None:
-    read, _, _ = _api_calls(api_client, manifest["kind"])
+def as_kube_api(api: KubeApi | Any) -> KubeApi:
+    """A KubeApi from a KubeApi or an ApiClient made by gpufleet.kube.client."""
+    return api if isinstance(api, KubeApi) else KubeApi(api)
+
+
+def _resource(kind: str):
+    if kind not in PLACEABLE:
+        raise ValueError(f"cannot place a {kind!r}")
+    return PLACEABLE[kind]
+
+
+def read_object(api: KubeApi, manifest: dict) -> dict | None:
     metadata = manifest["metadata"]
-    try:
-        response = read(metadata["name"], metadata.get("namespace", "default"), _preload_content=False)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return {"kind": manifest["kind"], **json.loads(response.data)}
+    namespace = metadata.get("namespace", "default")
+    live = api.get_or_none(_resource(manifest["kind"]), metadata["name"], namespace)
+    return None if live is None else {"kind": manifest["kind"], **live}
 
 
-def write_object(
-    api_client, manifest: dict, live: dict | None, decision: Decision, pin: str, visible_devices: bool
-):
-    _, create, patch = _api_calls(api_client, manifest["kind"])
+def write_object(api: KubeApi, manifest: dict, live: dict | None, decision: Decision, pin: str,
+                 visible_devices: bool) -> str:
+    """Create the placed object, or patch the live one — guarded by the resourceVersion read, so a
+    change made since the decision fails with 409 instead of being overwritten."""
+    resource = _resource(manifest["kind"])
     namespace = manifest["metadata"].get("namespace", "default")
     if live is None:
         body = placed_manifest(manifest, decision, pin, visible_devices)
         body.setdefault("metadata", {}).setdefault("namespace", namespace)
-        create(namespace, body, _preload_content=False)
+        api.create(resource, body, namespace)
         return "created"
-    patch(
-        manifest["metadata"]["name"],
-        namespace,
-        placement_patch(live, decision, pin, visible_devices),
-        _preload_content=False,
-    )
+    patch = placement_patch(live, decision, pin, visible_devices)
+    patch.setdefault("metadata", {})["resourceVersion"] = live["metadata"]["resourceVersion"]
+    api.patch(resource, manifest["metadata"]["name"], patch, namespace, content_type=STRATEGIC_MERGE_PATCH)
     return "patched"
 
 
@@ -193,7 +175,7 @@ def write_object(
 
 
 def place_workloads(
-    api_client: client.ApiClient,
+    api: KubeApi | Any,
     items: Sequence[Any],
     strategy: str = "best_fit",
     tie_break: Sequence[str] = ("topology",),
@@ -209,7 +191,8 @@ def place_workloads(
     Returns {"changed": bool, "placements": [...]}; raises NothingFits if any item fits nowhere
     (after placing none of them when not checking: decisions are all made before any write).
     """
-    cluster = cluster if cluster is not None else snapshot(api_client)
+    api = as_kube_api(api)
+    cluster = cluster if cluster is not None else snapshot(api)
     fleet = Fleet(cluster)
     chain = [make(strategy, **(strategy_options or {}))] + [
         make(name) for name in tie_break if name != strategy
@@ -224,7 +207,7 @@ def place_workloads(
     failures: list[Decision] = []
     for request in queue.order(requests):
         manifest = request.source if is_manifest(request.source) else None
-        live = read_object(api_client, manifest) if manifest is not None else None
+        live = read_object(api, manifest) if manifest is not None else None
         already = existing_placement(live)
         if already is not None:
             planned.append(
@@ -260,7 +243,7 @@ def place_workloads(
             entry.update(changed=True, action="would create" if live is None else "would patch")
         else:
             entry.update(
-                changed=True, action=write_object(api_client, manifest, live, decision, pin, visible_devices)
+                changed=True, action=write_object(api, manifest, live, decision, pin, visible_devices)
             )
         results.append(entry)
     return {"changed": any(r["changed"] for r in results), "placements": results}

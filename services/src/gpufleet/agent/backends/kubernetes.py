@@ -2,8 +2,9 @@
 
 What upstream Backend.AI's Kubernetes backend left out is here: cpu/memory
 requests and limits from the kernel's slots, `nvidia.com/gpu` with
-`runtimeClassName: nvidia` when GPUs are requested, readiness awaited with a
-timeout, and the pod UID as container id (never an empty string).
+`runtimeClassName: nvidia` when GPUs are requested, readiness awaited (from a
+watch, with a timeout), and the pod UID as container id (never an empty string).
+The API is reached only through gpufleet.kube (auth, deadlines, retries, watches).
 
 Scratch: with `scratch-type = "nfs"` the agent's `scratch-root` is where the
 NFS export is mounted on the agent's host and pods mount the same export
@@ -17,18 +18,18 @@ a Python 3 works.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import threading
 import time
 from typing import Any
-
-from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
-from kubernetes.utils import parse_quantity
 
 from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.registry import KernelRecord
 from gpufleet.agent.resources import GpuDevice, SlotCapacity
+from gpufleet.kube.api import KUBE_ERRORS, PODS, KubeApi, describe_error, parse_quantity
+from gpufleet.kube.client import connect
+from gpufleet.kube.watch import Watch
 
 KERNEL_ID_LABEL = "ai.backend.kernel-id"
 SESSION_ID_LABEL = "ai.backend.session-id"
@@ -36,7 +37,8 @@ AGENT_LABEL = "gpufleet.io/agent"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_RUNTIME_CLASS = "nvidia"
 SCRATCH_VOLUME = "scratch"
-MONITOR_SECONDS = 2.0
+
+log = logging.getLogger("gpufleet.agent.kubernetes")
 
 
 def pod_name(kernel_id: str) -> str:
@@ -127,58 +129,139 @@ def service_manifest(record: KernelRecord, config: AgentConfig) -> dict[str, Any
             "spec": {"type": "ClusterIP", "selector": {KERNEL_ID_LABEL: record.kernel_id}, "ports": ports}}
 
 
-def _ready(pod: k8s.V1Pod) -> bool:
-    conditions = (pod.status.conditions if pod.status else None) or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+def _ready(pod: dict) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _exit_code(pod: k8s.V1Pod | None) -> int | None:
-    if pod is None or pod.status is None:
-        return None
-    for status in pod.status.container_statuses or []:
-        terminated = status.state.terminated if status.state else None
+def _phase(pod: dict | None) -> str | None:
+    return None if pod is None else (pod.get("status") or {}).get("phase")
+
+
+def _exit_code(pod: dict | None) -> int | None:
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
         if terminated is not None:
-            return terminated.exit_code
+            return terminated.get("exitCode")
     return None
 
 
 class KubernetesBackend(KernelBackend):
-    name = "kubernetes"
+    """Kernels as pods, seen through ONE watch on this agent's pods (label gpufleet.io/agent=<id>).
 
-    def __init__(self, config: AgentConfig, api_client: k8s.ApiClient | None = None,
-                 poll_seconds: float = 0.2) -> None:
+    The watch (a thread running gpufleet.kube.watch.Watch) keeps a cache of the
+    agent's pods; readiness, exits and liveness are read from it. So a kernel
+    costs four requests in its life (create pod and service, delete both) and
+    an idle agent makes none beyond the watch itself, which reconnects every
+    `WATCH_SECONDS` from its last resourceVersion.
+    """
+
+    name = "kubernetes"
+    WATCH_SECONDS = 600
+    SYNC_TIMEOUT = 30.0
+
+    def __init__(self, config: AgentConfig, api: KubeApi | Any = None) -> None:
         super().__init__()
         self.config = config
         self.namespace = config.agent.kube_namespace
-        if api_client is None:
-            from gpufleet.kube.client import api_client as make_api_client
-
-            api_client = make_api_client(kubeconfig=config.agent.kubeconfig)
-        self.core = k8s.CoreV1Api(api_client)
-        self.poll_seconds = poll_seconds
+        if api is None:
+            api = connect(kubeconfig=config.agent.kubeconfig)
+        # a KubeApi, or an ApiClient made by gpufleet.kube.client
+        self.api = api if isinstance(api, KubeApi) else KubeApi(api)
+        self.selector = f"{AGENT_LABEL}={config.agent.id}"
+        self.pods: dict[str, dict] = {}  # pod name -> the pod as last seen by the watch
         self._supervised: dict[str, KernelRecord] = {}
-        self._monitor: asyncio.Task | None = None
+        self._changed: dict[str, asyncio.Event] = {}  # pod name -> set on every event for it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: Watch | None = None
+        self._thread: threading.Thread | None = None
+        self._synced: asyncio.Event | None = None
+        self._watch_error: BaseException | None = None
 
-    async def _api(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    # ---- the watch
 
-    async def _read_pod(self, kernel_id: str) -> k8s.V1Pod | None:
+    async def _ensure_watch(self) -> None:
+        """Start the watch once and wait until its first LIST is in the cache."""
+        if self._watch is None:
+            self._loop = asyncio.get_running_loop()
+            self._synced = asyncio.Event()
+            self._watch = Watch(self.api, PODS, self.namespace, label_selector=self.selector,
+                                timeout_seconds=self.WATCH_SECONDS,
+                                on_sync=lambda: self._loop.call_soon_threadsafe(self._synced.set))
+            self._thread = threading.Thread(target=self._run_watch, name="kernel-pod-watch", daemon=True)
+            self._thread.start()
         try:
-            return await self._api(self.core.read_namespaced_pod, pod_name(kernel_id), self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise BackendError(f"reading pod {pod_name(kernel_id)}: {exc.status} {exc.reason}") from exc
+            await asyncio.wait_for(self._synced.wait(), self.SYNC_TIMEOUT)
+        except asyncio.TimeoutError as exc:
+            raise BackendError(f"could not list the agent's pods within {self.SYNC_TIMEOUT:.0f} s"
+                               + (f": {self._watch_error}" if self._watch_error else "")) from exc
+
+    def _run_watch(self) -> None:
+        watch = self._watch
+        try:
+            for event in watch:
+                self._loop.call_soon_threadsafe(self._on_event, event.type, event.object)
+        except Exception as exc:  # noqa: BLE001 — Watch retries itself; this is the loop closing under it
+            self._watch_error = exc
+            log.warning("kernel pod watch ended: %s", exc)
+
+    def _on_event(self, kind: str, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = pod
+        changed = self._changed.get(name)
+        if changed is not None:
+            changed.set()
+        kernel_id = (pod["metadata"].get("labels") or {}).get(KERNEL_ID_LABEL)
+        record = self._supervised.get(kernel_id) if kernel_id else None
+        if record is None:
+            return
+        current = self.pods.get(name)
+        gone = current is None or current["metadata"].get("uid") != record.container_id
+        if gone or _phase(current) in ("Failed", "Succeeded"):
+            self._supervised.pop(kernel_id, None)
+            asyncio.ensure_future(self._report_exit(kernel_id, None if gone else _exit_code(current)))
+
+    async def _await_ready(self, kernel_id: str, uid: str, timeout: float) -> dict:
+        """Until the pod is Running, Ready and has an IP — from watch events, no polling."""
+        name = pod_name(kernel_id)
+        changed = self._changed.setdefault(name, asyncio.Event())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                changed.clear()
+                pod = self.pods.get(name)
+                if pod is not None and pod["metadata"].get("uid") == uid:
+                    phase = _phase(pod)
+                    if phase in ("Failed", "Succeeded"):
+                        raise BackendError(f"pod {name} ended while starting ({phase}, "
+                                           f"exit code {_exit_code(pod)})")
+                    if phase == "Running" and _ready(pod) and (pod.get("status") or {}).get("podIP"):
+                        return pod
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BackendError(f"pod {name} not ready after {timeout}s (phase {_phase(pod)})")
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            self._changed.pop(name, None)
+
+    # ---- cluster
 
     def cluster_capacity(self) -> SlotCapacity:
         """Allocatable cpu/memory/GPUs of Ready, schedulable nodes (what kernels can be given)."""
         cpu, mem, gpus = 0.0, 0, 0
-        for node in self.core.list_node().items:
-            conditions = node.status.conditions or []
-            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-            if node.spec.unschedulable or not ready:
+        for node in self.api.list_nodes():
+            status, spec = node.get("status") or {}, node.get("spec") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in status.get("conditions") or [])
+            if spec.get("unschedulable") or not ready:
                 continue
-            allocatable = node.status.allocatable or {}
+            allocatable = status.get("allocatable") or {}
             cpu += float(parse_quantity(allocatable.get("cpu", "0")))
             mem += int(parse_quantity(allocatable.get("memory", "0")))
             gpus += int(parse_quantity(allocatable.get(GPU_RESOURCE, "0")))
@@ -187,100 +270,73 @@ class KubernetesBackend(KernelBackend):
                             mem=max(0, mem - reserved.reserved_mem),
                             gpus=[GpuDevice(i, "kubernetes") for i in range(gpus)])
 
+    # ---- kernels
+
+    async def _call(self, fn, *args, **kwargs):
+        """A blocking KubeApi call off the event loop (each has the client's deadline)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
     async def create(self, spec: LaunchSpec) -> None:
         record = spec.record
         spec.scratch.write_runner(RUNNER_SOURCE, record.runner_token)
         record.runner_port = record.ports[0]
         record.backend_data = {"namespace": self.namespace, "pod": pod_name(record.kernel_id)}
         try:
-            pod = await self._api(self.core.create_namespaced_pod, self.namespace,
-                                  pod_manifest(record, self.config))
-            record.container_id = pod.metadata.uid
-            record.backend_data["uid"] = pod.metadata.uid
-            await self._api(self.core.create_namespaced_service, self.namespace,
-                            service_manifest(record, self.config))
-            pod = await self._await_ready(record.kernel_id, spec.ready_timeout)
-            record.runner_host = pod.status.pod_ip
-            record.backend_data["node"] = pod.spec.node_name
-        except ApiException as exc:
+            await self._ensure_watch()
+            pod = await self._call(self.api.create_pod, self.namespace, pod_manifest(record, self.config))
+            record.container_id = pod["metadata"]["uid"]
+            record.backend_data["uid"] = record.container_id
+            await self._call(self.api.create_service, self.namespace, service_manifest(record, self.config))
+            pod = await self._await_ready(record.kernel_id, record.container_id, spec.ready_timeout)
+            record.runner_host = pod["status"]["podIP"]
+            record.backend_data["node"] = (pod.get("spec") or {}).get("nodeName")
+        except KUBE_ERRORS as exc:
             await self.destroy(record)
-            raise BackendError(f"kernel {record.kernel_id}: API error {exc.status} {exc.reason}") from exc
+            raise BackendError(f"kernel {record.kernel_id}: API error {describe_error(exc)}") from exc
         except BaseException:
             await self.destroy(record)
             raise
-        self._supervise(record)
-
-    async def _await_ready(self, kernel_id: str, timeout: float) -> k8s.V1Pod:
-        deadline = time.monotonic() + timeout
-        while True:
-            pod = await self._read_pod(kernel_id)
-            if pod is None:
-                raise BackendError(f"pod {pod_name(kernel_id)} disappeared while starting")
-            phase = pod.status.phase if pod.status else None
-            if phase in ("Failed", "Succeeded"):
-                raise BackendError(f"pod {pod_name(kernel_id)} ended while starting ({phase}, "
-                                   f"exit code {_exit_code(pod)})")
-            if phase == "Running" and _ready(pod) and pod.status.pod_ip:
-                return pod
-            if time.monotonic() >= deadline:
-                raise BackendError(f"pod {pod_name(kernel_id)} not ready after {timeout}s (phase {phase})")
-            await asyncio.sleep(self.poll_seconds)
-
-    def _supervise(self, record: KernelRecord) -> None:
         self._supervised[record.kernel_id] = record
-        if self._monitor is None or self._monitor.done():
-            self._monitor = asyncio.ensure_future(self._monitor_loop())
-
-    async def _monitor_loop(self) -> None:
-        """Report kernels whose pod ended or vanished without the agent asking."""
-        while self._supervised:
-            await asyncio.sleep(MONITOR_SECONDS)
-            for kernel_id, record in list(self._supervised.items()):
-                try:
-                    pod = await self._read_pod(kernel_id)
-                except BackendError:
-                    continue  # API hiccup: look again next round
-                phase = pod.status.phase if pod is not None and pod.status else None
-                gone = pod is None or pod.metadata.uid != record.container_id
-                if gone or phase in ("Failed", "Succeeded"):
-                    if self._supervised.pop(kernel_id, None) is not None:
-                        await self._report_exit(kernel_id, None if gone else _exit_code(pod))
 
     async def destroy(self, record: KernelRecord) -> int | None:
         self._supervised.pop(record.kernel_id, None)
         name = pod_name(record.kernel_id)
-        pod = None
-        with contextlib.suppress(BackendError):
-            pod = await self._read_pod(record.kernel_id)
-        for delete in (self.core.delete_namespaced_pod, self.core.delete_namespaced_service):
+        pod = self.pods.get(name)
+        for delete in (self.api.delete_pod, self.api.delete_service):
             try:
-                await self._api(delete, name, self.namespace, grace_period_seconds=5)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise BackendError(f"deleting {name}: {exc.status} {exc.reason}") from exc
+                if delete is self.api.delete_pod:
+                    await self._call(delete, self.namespace, name, grace_seconds=5)
+                else:
+                    await self._call(delete, self.namespace, name)
+            except KUBE_ERRORS as exc:
+                if getattr(exc, "status", None) != 404:
+                    raise BackendError(f"deleting {name}: {describe_error(exc)}") from exc
         return _exit_code(pod)
 
     async def is_alive(self, record: KernelRecord) -> bool:
-        pod = await self._read_pod(record.kernel_id)
-        if pod is None or pod.metadata.uid != record.container_id or pod.metadata.deletion_timestamp:
+        await self._ensure_watch()
+        pod = self.pods.get(pod_name(record.kernel_id))
+        if pod is None or pod["metadata"].get("uid") != record.container_id \
+                or pod["metadata"].get("deletionTimestamp"):
             return False
-        return (pod.status.phase if pod.status else None) in ("Pending", "Running")
+        return _phase(pod) in ("Pending", "Running")
 
     async def adopt(self, record: KernelRecord) -> None:
-        pod = await self._read_pod(record.kernel_id)
-        if pod is not None and pod.status and pod.status.pod_ip:
-            record.runner_host = pod.status.pod_ip  # a rescheduled network may have moved it
-        self._supervise(record)
+        await self._ensure_watch()
+        pod = self.pods.get(pod_name(record.kernel_id))
+        if pod is not None and (pod.get("status") or {}).get("podIP"):
+            record.runner_host = pod["status"]["podIP"]  # a rescheduled network may have moved it
+        self._supervised[record.kernel_id] = record
 
     async def logs(self, record: KernelRecord, tail_bytes: int = 65536) -> str:
         try:
-            return await self._api(self.core.read_namespaced_pod_log, pod_name(record.kernel_id),
-                                   self.namespace, limit_bytes=tail_bytes)
-        except ApiException:
+            text = await self._call(self.api.pod_log, self.namespace, pod_name(record.kernel_id))
+        except KUBE_ERRORS:
             return ""
+        return text[-tail_bytes:]
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)

@@ -1,4 +1,5 @@
-"""The Kubernetes node sink: labels, annotations and the fence taint of this node.
+"""The Kubernetes node sink: labels, annotations and the fence taint of this node, its GpuHealthy
+condition, and an Event on every fence and lift.
 
 One publication is one GET of the node and at most one PATCH (a JSON merge
 patch carrying the resourceVersion read, so a concurrent writer makes it 409
@@ -6,10 +7,15 @@ and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
 older than `report_refresh`. Placing a NEW fence also LISTs the nodes once, for
 the circuit breaker. Taints go through THE taint merge (gpufleet.kube.taints).
+The GpuHealthy condition is one more PATCH (status subresource) only when its
+status, reason or message change; a fence, fence change or lift is one POST
+of an Event. All of it through gpufleet.kube (one client factory; every
+request bounded by `request_timeout`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,9 +23,19 @@ from pathlib import Path
 
 from gpufleet.health.config import KubernetesSettings
 from gpufleet.health.fencing import FenceDecision, FenceMemory, decide_fence, fleet_fence_count
-from gpufleet.health.sinks.publication import LABEL_LAST_CHECK, Publication, label_time, parse_label_time
-from gpufleet.kube.api import KubeApi, update_node
+from gpufleet.health.sinks.publication import (
+    ANNOTATION_HEALTH_REPORT,
+    LABEL_LAST_CHECK,
+    Publication,
+    label_time,
+    parse_label_time,
+)
+from gpufleet.kube.api import KUBE_ERRORS, KubeApi, describe_error, update_node
+from gpufleet.kube.client import connect
+from gpufleet.kube.conditions import set_node_condition
+from gpufleet.kube.events import record_node_event
 from gpufleet.kube.nodes import annotations_patch, labels_patch, merge_node_patches, node_labels, taint_patch
+from gpufleet.kube.taints import TAINT_UNHEALTHY
 
 log = logging.getLogger("gpufleet.health.kube")
 
@@ -38,30 +54,18 @@ class PublishResult:
 def open_kube_api(settings: KubernetesSettings) -> KubeApi:
     """A KubeApi from the kubeconfig (k3s's by default) or the in-cluster service account.
 
-    Raises SinkUnavailable when there are no credentials at all and the sink is `auto`.
+    Through gpufleet.kube's one client factory: `request_timeout` bounds every
+    request, so a hung API server cannot stall the checks. Raises
+    SinkUnavailable when there are no credentials at all.
     """
-    import urllib3
-
-    from gpufleet.kube.client import api_client
-
     kubeconfig = settings.kubeconfig
     if kubeconfig and Path(kubeconfig).is_file() and not settings.in_cluster:
-        client = api_client(kubeconfig=kubeconfig)
-    elif settings.in_cluster or os.environ.get("KUBERNETES_SERVICE_HOST"):
-        from kubernetes import client as k8s_client
-        from kubernetes import config as k8s_config
-
-        configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
-        client = k8s_client.ApiClient(configuration)
-    else:
-        raise SinkUnavailable(
-            f"no kubeconfig at {kubeconfig or '(none configured)'} and no in-cluster service account"
-        )
-    # A hung API server must not stall the checks for long: bound every request.
-    timeout = urllib3.util.Timeout(connect=settings.request_timeout, read=settings.request_timeout)
-    client.rest_client.pool_manager.connection_pool_kw["timeout"] = timeout
-    return KubeApi(client)
+        return connect(request_timeout=settings.request_timeout, kubeconfig=kubeconfig)
+    if settings.in_cluster or os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return connect(request_timeout=settings.request_timeout)  # no kubeconfig: in-cluster first
+    raise SinkUnavailable(
+        f"no kubeconfig at {kubeconfig or '(none configured)'} and no in-cluster service account"
+    )
 
 
 class KubeNodeSink:
@@ -104,5 +108,61 @@ class KubeNodeSink:
             decided["patch"] = content
             return content
 
-        _, _, changed = update_node(self.api, self.node_name, compute)
-        return PublishResult(changed, decided["decision"], decided.get("patch"))
+        _, node, changed = update_node(self.api, self.node_name, compute)
+        decision = decided["decision"]
+        self._condition(node, publication)
+        if changed and decision.action in FENCE_EVENTS:
+            self._event(node, decision)
+        return PublishResult(changed, decision, decided.get("patch"))
+
+    # The condition and the events say what the labels and taint already say, for the tools that read
+    # those (kubectl describe, autoscalers, remediation controllers). A failure to write them is logged
+    # and does not fail the publication: the next cycle writes the condition again if it still differs.
+
+    def _condition(self, node: dict, publication: Publication) -> None:
+        status, reason, message = gpu_healthy_condition(publication)
+        try:
+            set_node_condition(self.api, node, CONDITION_GPU_HEALTHY, status, reason, message,
+                               now=publication.time)
+        except KUBE_ERRORS as exc:
+            log.warning("could not set the %s condition: %s", CONDITION_GPU_HEALTHY, describe_error(exc))
+
+    def _event(self, node: dict, decision: FenceDecision) -> None:
+        reason, event_type, action = FENCE_EVENTS[decision.action]
+        note = f"{decision.reason} (taint {TAINT_UNHEALTHY}={decision.value})" if decision.value \
+            else decision.reason
+        try:
+            record_node_event(self.api, node, reason, note, action, EVENT_SOURCE, event_type)
+        except KUBE_ERRORS as exc:
+            log.warning("could not record the %s event: %s", reason, describe_error(exc))
+
+
+CONDITION_GPU_HEALTHY = "GpuHealthy"
+EVENT_SOURCE = "gpufleet-health"
+# fence decision -> (event reason, type, action)
+FENCE_EVENTS = {
+    "fence": ("GpuFenced", "Warning", "Fence"),
+    "update": ("GpuFenceUpdated", "Warning", "Fence"),
+    "lift": ("GpuFenceLifted", "Normal", "Lift"),
+}
+TOP_FINDINGS = 3
+
+
+def gpu_healthy_condition(publication: Publication) -> tuple[str, str, str]:
+    """(status, reason = severity, message = the top findings) of the GpuHealthy condition."""
+    status = {"pass": "True", "warn": "True", "fail": "False"}.get(publication.status.value, "Unknown")
+    try:
+        report = json.loads(publication.annotations.get(ANNOTATION_HEALTH_REPORT) or "{}")
+    except ValueError:
+        report = {}
+    findings = report.get("findings") or []
+    # a finding's gpu is "<index>:<uuid>"; the index is what an operator reads
+    parts = [(f"GPU {str(f['gpu']).partition(':')[0]}: " if f.get("gpu") is not None else "")
+             + f"{f['check']} {f['severity']}: {f['message']}" for f in findings[:TOP_FINDINGS]]
+    more = len(findings) - TOP_FINDINGS + int(report.get("more_findings") or 0)
+    if more > 0:
+        parts.append(f"and {more} more")
+    if not parts:
+        parts = ["GPU health unknown: the checks could not run"] if status == "Unknown" \
+            else ["all GPU checks passed"]
+    return status, publication.verdict.name, "; ".join(parts)
