@@ -7,28 +7,23 @@
    path; the bundled collections are hidden from Ansible (ANSIBLE_COLLECTIONS_SCAN_SYS_PATH
    off), so only what was installed there can be used, and galaxy.yml's version ranges are
    checked against the tarballs by ansible-galaxy's own resolver.
-4. A playbook with `module_defaults: {group/kubernetes.core.k8s: …}` runs kubernetes.core's
+4. A playbook with `module_defaults: {group/kubernetes.core.k8s: …}` (or gpufleet's own group,
+   which extends it and so serves both collections) runs kubernetes.core's
    `k8s_info` and gpufleet's `node_taint` with exactly the environment AWX's "OpenShift or
    Kubernetes API Bearer Token" credential injects: K8S_AUTH_HOST, K8S_AUTH_API_KEY,
-   K8S_AUTH_VERIFY_SSL, K8S_AUTH_SSL_CA_CERT. The API is the emulator behind a TLS front
-   (a CA of the test's own) that refuses any request without the credential's bearer token.
+   K8S_AUTH_VERIFY_SSL, K8S_AUTH_SSL_CA_CERT, against the emulator serving TLS with its own
+   CA and refusing any request without the credential's bearer token (`kube_api_tls`).
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import http.client
-import http.server
 import io
-import ipaddress
 import json
 import os
-import ssl
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import ansible_collections
@@ -39,150 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.ansible, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
-TOKEN = "awx-credential-token-7f3a"  # noqa: S105 (a test credential)
 NODE = "gpu-awx-1"
-NEEDS_KUBE = pytest.mark.xfail(
-    strict=True,
-    reason="needs branch kube: K8S_AUTH_* resolution in the modules and the "
-    "group/kubernetes.core.k8s action-group extension in meta/runtime.yml",
-)
-
-
-# ------------------------------------------------------------------ the TLS front
-
-
-def make_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpufleet test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server-key.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
-class BearerTlsFront:
-    """HTTPS in front of the emulator: 401 without `Authorization: Bearer TOKEN`, else forwarded."""
-
-    def __init__(self, upstream: str, cert: Path, key: Path, token: str):
-        self.seen: list[tuple[str, str, str]] = []  # (method, path, Authorization header)
-        front = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def forward(self) -> None:
-                authorization = self.headers.get("Authorization", "")
-                front.seen.append((self.command, self.path, authorization))
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if authorization != f"Bearer {token}":
-                    payload = json.dumps(
-                        {
-                            "kind": "Status",
-                            "apiVersion": "v1",
-                            "status": "Failure",
-                            "reason": "Unauthorized",
-                            "code": 401,
-                        }
-                    ).encode()
-                    status, headers = 401, {"Content-Type": "application/json"}
-                else:
-                    host, port = upstream.removeprefix("http://").split(":")
-                    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-                    forwarded = {
-                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
-                    }
-                    connection.request(self.command, self.path, body=body or None, headers=forwarded)
-                    response = connection.getresponse()
-                    payload, status = response.read(), response.status
-                    headers = {
-                        k: v
-                        for k, v in response.getheaders()
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length")
-                    }
-                    connection.close()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> BearerTlsFront:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+TAINT = {"key": "gpufleet.io/maintenance", "value": "awx", "effect": "NoSchedule"}
 
 
 # ------------------------------------------------------------------ fresh clone -> installed collections
@@ -313,42 +166,40 @@ def test_only_the_declared_collections_are_installed(collections_path):
 
 # ------------------------------------------------------------------ the AWX-style run
 
-PLAYBOOK = [
-    {
-        "name": "Taint a GPU node with AWX's Kubernetes credential",
-        "hosts": "localhost",
-        "connection": "local",
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        # One module_defaults entry for kubernetes.core's modules and gpufleet's alike.
-        "module_defaults": {"group/kubernetes.core.k8s": "{{ kube_defaults }}"},
-        "tasks": [
-            {
-                "name": "Read the node with kubernetes.core",
-                "register": "node_info",
-                "kubernetes.core.k8s_info": {"kind": "Node", "name": NODE},
-            },
-            {
-                "name": "Taint the node with gpufleet",
-                "gpufleet.cluster.node_taint": {
-                    "name": NODE,
-                    "taints": [{"key": "gpufleet.io/maintenance", "value": "awx", "effect": "NoSchedule"}],
+
+def playbook(group: str) -> list[dict]:
+    """kubernetes.core's k8s_info, then gpufleet's node_taint, under one module_defaults group."""
+    return [
+        {
+            "name": "Taint a GPU node with AWX's Kubernetes credential",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": sys.executable},
+            "module_defaults": {f"group/{group}": "{{ kube_defaults }}"},
+            "tasks": [
+                {
+                    "name": "Read the node with kubernetes.core",
+                    "kubernetes.core.k8s_info": {"kind": "Node", "name": NODE},
                 },
-            },
-        ],
-    }
-]
+                {
+                    "name": "Taint the node with gpufleet",
+                    "gpufleet.cluster.node_taint": {"name": NODE, "taints": [TAINT]},
+                },
+            ],
+        }
+    ]
 
 
-def run_playbook(collections: Path, work: Path, kube_defaults: dict, awx_env: dict) -> str:
-    playbook = work / "awx.yml"
-    playbook.write_text(yaml.safe_dump(PLAYBOOK, sort_keys=False))
+def run_playbook(collections: Path, work: Path, group: str, kube_defaults: dict, awx_env: dict) -> str:
+    path = work / "awx.yml"
+    path.write_text(yaml.safe_dump(playbook(group), sort_keys=False))
     proc = subprocess.run(
         [
             BIN / "ansible-playbook",
             "-i",
             "localhost,",
-            playbook,
+            path,
             "-e",
             json.dumps({"kube_defaults": kube_defaults}),
         ],
@@ -363,72 +214,72 @@ def run_playbook(collections: Path, work: Path, kube_defaults: dict, awx_env: di
     return proc.stdout
 
 
-@pytest.fixture
-def tls_api(kube_api, tmp_path):
-    kube_api.add_node(NODE)
-    ca, cert, key = make_ca_and_server_cert(tmp_path)
-    with BearerTlsFront(kube_api.url, cert, key, TOKEN) as front:
-        yield kube_api, front, ca
-
-
-def taints(kube_api) -> list[dict]:
-    return kube_api.get_node(NODE)["spec"].get("taints") or []
-
-
-@NEEDS_KUBE
-def test_awx_credential_variables_drive_node_taint(collections_path, tls_api, tmp_path):
-    """AWX injects the credential as environment variables; module_defaults holds a site setting."""
-    kube_api, front, ca = tls_api
-    awx_env = {
-        "K8S_AUTH_HOST": front.url,
-        "K8S_AUTH_API_KEY": TOKEN,
+def awx_env(api, token: str | None = None) -> dict:
+    """Exactly what AWX's bearer-token credential injects; nothing else supplies credentials."""
+    return {
+        "K8S_AUTH_HOST": api.url,
+        "K8S_AUTH_API_KEY": token or api.token,
         "K8S_AUTH_VERIFY_SSL": "True",
-        "K8S_AUTH_SSL_CA_CERT": str(ca),
+        "K8S_AUTH_SSL_CA_CERT": api.ca_cert,
     }
-    run_playbook(collections_path, tmp_path, {"validate_certs": True}, awx_env)
-    assert {"key": "gpufleet.io/maintenance", "value": "awx", "effect": "NoSchedule"} in taints(kube_api)
-    # Every request came over TLS (the front speaks nothing else) with the credential's token.
-    assert front.seen and all(auth == f"Bearer {TOKEN}" for _, _, auth in front.seen), front.seen
-    assert any(method == "PATCH" and path == f"/api/v1/nodes/{NODE}" for method, path, _ in front.seen)
 
 
-@NEEDS_KUBE
-def test_module_defaults_group_reaches_node_taint(collections_path, tls_api, tmp_path):
-    """The token only in `module_defaults: group/kubernetes.core.k8s` still reaches node_taint:
-    gpufleet's Kubernetes modules are members of kubernetes.core's action group."""
-    kube_api, front, ca = tls_api
-    awx_env = {"K8S_AUTH_HOST": front.url, "K8S_AUTH_VERIFY_SSL": "True", "K8S_AUTH_SSL_CA_CERT": str(ca)}
-    run_playbook(collections_path, tmp_path, {"api_key": TOKEN}, awx_env)
-    assert {"key": "gpufleet.io/maintenance", "value": "awx", "effect": "NoSchedule"} in taints(kube_api)
-    patches = [auth for method, _, auth in front.seen if method == "PATCH"]
-    assert patches and all(auth == f"Bearer {TOKEN}" for auth in patches)
+def taints(api) -> list[dict]:
+    return api.get_node(NODE)["spec"].get("taints") or []
 
 
-def test_a_wrong_token_is_refused(collections_path, tls_api, tmp_path):
-    """The checks above can fail: with another token the front refuses kubernetes.core's first task."""
-    kube_api, front, ca = tls_api
-    awx_env = {
-        "K8S_AUTH_HOST": front.url,
-        "K8S_AUTH_API_KEY": "a-revoked-token",
-        "K8S_AUTH_VERIFY_SSL": "True",
-        "K8S_AUTH_SSL_CA_CERT": str(ca),
-    }
+def test_awx_credential_variables_drive_node_taint(collections_path, kube_api_tls, tmp_path):
+    """AWX injects the credential as environment variables; `module_defaults:
+    group/kubernetes.core.k8s` holds a site setting for kubernetes.core's modules."""
+    kube_api_tls.add_node(NODE)
+    kube_api_tls.clear_requests()
+    output = run_playbook(
+        collections_path, tmp_path, "kubernetes.core.k8s", {"validate_certs": True}, awx_env(kube_api_tls)
+    )
+    assert taints(kube_api_tls) == [TAINT]
+    requests = kube_api_tls.requests
+    # kubernetes.core's read and gpufleet's write, both over TLS with the credential's token.
+    assert any(r.method == "GET" for r in requests) and any(r.method == "PATCH" for r in requests)
+    assert all(r.headers.get("Authorization") == f"Bearer {kube_api_tls.token}" for r in requests)
+    assert kube_api_tls.token not in output
+
+
+def test_one_module_defaults_group_serves_both_collections(collections_path, kube_api_tls, tmp_path):
+    """The token only in `module_defaults: group/gpufleet.cluster.kubernetes`, which extends
+    kubernetes.core.k8s, reaches kubernetes.core's k8s_info and gpufleet's node_taint."""
+    kube_api_tls.add_node(NODE)
+    kube_api_tls.clear_requests()
+    env = awx_env(kube_api_tls)
+    del env["K8S_AUTH_API_KEY"]
+    run_playbook(
+        collections_path, tmp_path, "gpufleet.cluster.kubernetes", {"api_key": kube_api_tls.token}, env
+    )
+    assert taints(kube_api_tls) == [TAINT]
+    requests = kube_api_tls.requests
+    assert any(r.method == "GET" for r in requests) and any(r.method == "PATCH" for r in requests)
+    assert all(r.headers.get("Authorization") == f"Bearer {kube_api_tls.token}" for r in requests)
+
+
+def test_kubernetes_core_group_does_not_reach_other_collections(collections_path, kube_api_tls, tmp_path):
+    """extend_group works one way: kubernetes.core's own group names only its own modules, so
+    options set there alone reach k8s_info and not node_taint (use gpufleet.cluster.kubernetes)."""
+    kube_api_tls.add_node(NODE)
+    env = awx_env(kube_api_tls)
+    del env["K8S_AUTH_API_KEY"]
+    with pytest.raises(AssertionError, match="401 Unauthorized"):
+        run_playbook(collections_path, tmp_path, "kubernetes.core.k8s", {"api_key": kube_api_tls.token}, env)
+    assert taints(kube_api_tls) == []
+
+
+def test_a_wrong_token_is_refused(collections_path, kube_api_tls, tmp_path):
+    """The checks above can fail: with another token the API refuses the first task."""
+    kube_api_tls.add_node(NODE)
     with pytest.raises(AssertionError, match="Unauthorized|401"):
-        run_playbook(collections_path, tmp_path, {"validate_certs": True}, awx_env)
-    assert front.seen and all(auth == "Bearer a-revoked-token" for _, _, auth in front.seen)
-    assert taints(kube_api) == []
-
-
-def test_an_unknown_ca_is_refused(collections_path, tls_api, tmp_path):
-    """And K8S_AUTH_SSL_CA_CERT is what makes TLS verification pass: another CA fails it."""
-    kube_api, front, _ = tls_api
-    other_ca, _, _ = make_ca_and_server_cert(tmp_path / "other")
-    awx_env = {
-        "K8S_AUTH_HOST": front.url,
-        "K8S_AUTH_API_KEY": TOKEN,
-        "K8S_AUTH_VERIFY_SSL": "True",
-        "K8S_AUTH_SSL_CA_CERT": str(other_ca),
-    }
-    with pytest.raises(AssertionError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
-        run_playbook(collections_path, tmp_path, {"validate_certs": True}, awx_env)
-    assert front.seen == [] and taints(kube_api) == []
+        run_playbook(
+            collections_path,
+            tmp_path,
+            "kubernetes.core.k8s",
+            {"validate_certs": True},
+            awx_env(kube_api_tls, "revoked"),
+        )
+    assert taints(kube_api_tls) == []
