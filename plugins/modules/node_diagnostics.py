@@ -51,7 +51,7 @@ options:
   image:
     description: The image with the gpufleet health agent (and DCGM).
     type: str
-    default: ghcr.io/gpufleet/health-agent:latest
+    default: localhost/gpufleet/diagnostics:0.1.0
   namespace:
     description: Namespace of the Job.
     type: str
@@ -110,7 +110,7 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     level=dict(type="int", default=2, choices=[1, 2, 3, 4]),
     command=dict(type="list", elements="str"),
-    image=dict(type="str", default="ghcr.io/gpufleet/health-agent:latest"),
+    image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
     namespace=dict(type="str", default="kube-system"),
     gpus=dict(type="int"),
     timeout=dict(type="int", default=1800),

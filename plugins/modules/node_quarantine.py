@@ -104,7 +104,7 @@ options:
       image:
         description: The health agent image.
         type: str
-        default: ghcr.io/gpufleet/health-agent:latest
+        default: localhost/gpufleet/diagnostics:0.1.0
       command:
         description: The command (default runs C(gpufleet health check --level 4)).
         type: list
@@ -233,7 +233,7 @@ ARGUMENT_SPEC = dict(
     max_quarantined=dict(type="str"),
     force=dict(type="bool", default=False),
     diagnostics=dict(type="dict", options=dict(
-        image=dict(type="str", default="ghcr.io/gpufleet/health-agent:latest"),
+        image=dict(type="str", default="localhost/gpufleet/diagnostics:0.1.0"),
         command=dict(type="list", elements="str"),
         namespace=dict(type="str", default="kube-system"),
         timeout=dict(type="int", default=3600),

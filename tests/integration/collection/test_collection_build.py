@@ -80,8 +80,7 @@ def test_role_runs_from_installed_path(installed_collection, tmp_path):
 def test_module_docs_load_from_installed_path(installed_collection):
     _, path = installed_collection
     modules = sorted(p.stem for p in (path / "plugins" / "modules").glob("*.py"))
-    if not modules:
-        pytest.skip("no modules in the collection yet")
+    assert {"node_taint", "node_quarantine", "workload_placement", "etcd_kv"} <= set(modules), modules
     env = ansible_env({"ANSIBLE_COLLECTIONS_PATH": str(path.parents[2])})
     proc = subprocess.run([BIN / "ansible-doc", "--json", *[f"gpufleet.cluster.{m}" for m in modules]],
                           capture_output=True, text=True, env=env)

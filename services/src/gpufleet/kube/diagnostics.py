@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from gpufleet.kube.api import KubeApi
 
-DEFAULT_IMAGE = "ghcr.io/gpufleet/health-agent:latest"
+DEFAULT_IMAGE = "localhost/gpufleet/diagnostics:0.1.0"
 
 
 def diagnostics_command(level: int) -> list[str]:

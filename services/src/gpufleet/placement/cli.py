@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from pathlib import Path
 
 import click
-import yaml
 
 KUBE_OPTIONS = (
     click.option(
@@ -29,10 +28,34 @@ def _api_client(kubeconfig: str | None, context: str | None):
     return api_client(kubeconfig=kubeconfig, context=context)
 
 
+class BadInput(click.ClickException):
+    """Bad placement input: one line on stderr and exit 2, never a traceback."""
+
+    exit_code = 2
+
+
+def refuse_bad_input(function):
+    """Turn a PlacementInputError raised anywhere below the command into BadInput."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from gpufleet.placement.sources import PlacementInputError
+
+        try:
+            return function(*args, **kwargs)
+        except PlacementInputError as error:
+            raise BadInput(str(error)) from None
+
+    return wrapper
+
+
 def _load_items(path: str) -> list:
-    """Workload manifests (multi-document YAML, or `kind: List`) or resource requests."""
+    """Workload manifests (multi-document YAML, or `kind: List`) or resource requests, each checked."""
+    from gpufleet.placement.sources import PlacementInputError, check_not_empty, load_yaml_documents
+    from gpufleet.placement.workloads import request_from_item
+
     items: list = []
-    for document in yaml.safe_load_all(Path(path).read_text()):
+    for document in load_yaml_documents(path):
         if document is None:
             continue
         if isinstance(document, list):
@@ -40,10 +63,27 @@ def _load_items(path: str) -> list:
         elif isinstance(document, dict) and document.get("kind") == "List":
             items.extend(document.get("items") or [])
         elif isinstance(document, dict) and "requests" in document and "kind" not in document:
-            items.extend(document["requests"])
+            items.extend(document["requests"] or [])
         else:
             items.append(document)
+    if not items:
+        raise PlacementInputError(f"{path}: no workloads in it")
+    for number, item in enumerate(items, start=1):
+        where = f"{path} workload {number}"
+        if isinstance(item, dict) and "nodes" in item and "kind" not in item:
+            raise PlacementInputError(f"{where}: a cluster file (nodes), not workloads; give it as --cluster")
+        try:
+            request = request_from_item(item, number - 1)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise PlacementInputError(f"{where}: {error}") from None
+        check_not_empty(where, request)
     return items
+
+
+def _check_strategies(strategy: str, tie_break) -> None:
+    from gpufleet.placement.replay import check_policy
+
+    check_policy("+".join([strategy, *tie_break]))
 
 
 @click.group()
@@ -60,6 +100,7 @@ def place() -> None:
     help="A YAML/CSV snapshot instead of the API.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@refuse_bad_input
 def nodes_command(kubeconfig, context, cluster_file, as_json) -> None:
     """A table of GPU nodes: GPUs free/used/shared, model, health, taints."""
     from gpufleet.placement.filters import node_is_healthy
@@ -109,17 +150,19 @@ def _decide_or_submit(
     from gpufleet.placement.kube import NothingFits, place_workloads
     from gpufleet.placement.sources import load_cluster
 
+    _check_strategies(strategy, tie_break)
+    items = _load_items(file)
     cluster = load_cluster(cluster_file) if cluster_file else None
     client = None if cluster_file else _api_client(kubeconfig, context)
     if client is None and not check:
         raise click.UsageError("submit writes to the API: give --kubeconfig, not --cluster")
     try:
         if client is None:
-            result = _plan_offline(cluster, _load_items(file), strategy, tie_break, seed)
+            result = _plan_offline(cluster, items, strategy, tie_break, seed, cluster_file)
         else:
             result = place_workloads(
                 client,
-                _load_items(file),
+                items,
                 strategy=strategy,
                 tie_break=tie_break,
                 seed=seed,
@@ -154,10 +197,11 @@ def _decide_or_submit(
                 click.echo(f"    filter {removed['filter']} removed {removed['removed']} node(s)")
 
 
-def _plan_offline(cluster, items, strategy, tie_break, seed) -> dict:
+def _plan_offline(cluster, items, strategy, tie_break, seed, cluster_file) -> dict:
     """Decisions against a snapshot file: nothing is read from or written to an API."""
     from gpufleet.placement.engine import Placer
     from gpufleet.placement.kube import NothingFits
+    from gpufleet.placement.sources import check_requests_fit
     from gpufleet.placement.strategies import Priority, make
     from gpufleet.placement.workloads import request_from_item
 
@@ -165,6 +209,7 @@ def _plan_offline(cluster, items, strategy, tie_break, seed) -> dict:
     placer = Placer(cluster, chain, seed=seed)
     queue = chain[0] if isinstance(chain[0], Priority) else Priority()
     requests = queue.order([request_from_item(item, i) for i, item in enumerate(items)])
+    check_requests_fit(requests, cluster, cluster_file)
     placer.fleet.typical_requests = placer.fleet.typical_requests + requests
     decisions = [placer.place(request) for request in requests]
     failed = [d for d in decisions if not d.placed]
@@ -205,6 +250,7 @@ def _placement_options(function):
     type=click.Path(exists=True, dir_okay=False),
     help="Plan against a YAML/CSV snapshot instead of the API.",
 )
+@refuse_bad_input
 def plan_command(file, strategy, tie_break, seed, as_json, kubeconfig, context, cluster_file) -> None:
     """Decide where the workloads in FILE would go, and why. Nothing is written."""
     _decide_or_submit(
@@ -228,6 +274,7 @@ def plan_command(file, strategy, tie_break, seed, as_json, kubeconfig, context, 
 @click.option(
     "--pin", type=click.Choice(["node_selector", "node_affinity"]), default="node_selector", show_default=True
 )
+@refuse_bad_input
 def submit_command(
     file, strategy, tie_break, seed, as_json, kubeconfig, context, visible_devices, pin
 ) -> None:
@@ -259,20 +306,36 @@ def submit_command(
 )
 @click.option("--sample", type=int, help="Keep this many random nodes and a matching share of the pods.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per seed, in a list).")
+@refuse_bad_input
 def replay_command(nodes_file, pods_file, policy, seed, sample, as_json) -> None:
     """Replay an openb trace with the FGD paper's protocol."""
     from gpufleet.placement.replay import replay_files
 
     results = [replay_files(nodes_file, pods_file, policy, s, sample=sample) for s in seed]
+    for result in results:
+        # 100% arrival is the protocol's headline number; 130% may be stepped over on a small fleet.
+        if result["alloc_at_100"] is None:
+            raise BadInput(
+                "the replay never reached 100% arrival (its arrivals ended at "
+                f"{result['final_arrived_pct']}% of {result['gpus']} GPUs, or stepped over 100%): "
+                "the trace is too small for the protocol; "
+                "replay more nodes and pods"
+            )
     if as_json:
         click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
     for r in results:
         click.echo(
-            f"{r['policy']} seed {r['seed']}: allocation {r['alloc_at_100']}% at 100% arrival, "
-            f"{r['alloc_at_130']}% at 130%; fragmentation ratio {r['frag_ratio_at_100']}% / "
-            f"{r['frag_ratio_at_130']}%; failed tasks {r['failed_tasks']} of {r['tasks']} ({r['seconds']} s)"
+            f"{r['policy']} seed {r['seed']}: allocation {_percent(r['alloc_at_100'])} at 100% arrival, "
+            f"{_percent(r['alloc_at_130'])} at 130%; "
+            f"fragmentation ratio {_percent(r['frag_ratio_at_100'])} / "
+            f"{_percent(r['frag_ratio_at_130'])}; failed tasks {r['failed_tasks']} of {r['tasks']} "
+            f"({r['seconds']} s)"
         )
+
+
+def _percent(value: float | None) -> str:
+    return "n/a (not reached)" if value is None else f"{value}%"
 
 
 @place.command("bench")

@@ -101,12 +101,19 @@ class Request:
     source: Any = None  # the manifest it came from, if any
 
     def __post_init__(self) -> None:
+        # A negative amount would hand out resources (a num_gpu of -2 once got real GPUs).
+        for amount in ("cpu_milli", "memory_mib", "num_gpu", "gpu_milli"):
+            if getattr(self, amount) < 0:
+                raise ValueError(f"{self.name}: {amount} is {getattr(self, amount)}; it cannot be negative")
         if self.num_gpu and not self.gpu_milli:
             self.gpu_milli = MILLI_PER_GPU
+        if self.gpu_milli > MILLI_PER_GPU:
+            raise ValueError(
+                f"{self.name}: gpu_milli {self.gpu_milli} is more than one GPU (1000); ask for whole GPUs "
+                "with num_gpu"
+            )
         if self.num_gpu > 1 and self.gpu_milli != MILLI_PER_GPU:
             raise ValueError(f"{self.name}: a multi-GPU request takes whole GPUs (gpu_milli 1000)")
-        if not 0 <= self.gpu_milli <= MILLI_PER_GPU:
-            raise ValueError(f"{self.name}: gpu_milli must be within 0..1000")
 
     @property
     def is_share(self) -> bool:

@@ -25,8 +25,13 @@ from gpufleet.placement.engine import Placer
 from gpufleet.placement.fleet import Fleet
 from gpufleet.placement.fragmentation import TypicalTasks, fragment
 from gpufleet.placement.model import Cluster, Request
-from gpufleet.placement.sources import load_openb_nodes, load_openb_pods
-from gpufleet.placement.strategies import Strategy, make
+from gpufleet.placement.sources import (
+    PlacementInputError,
+    check_requests_fit,
+    load_openb_nodes,
+    load_openb_pods,
+)
+from gpufleet.placement.strategies import STRATEGIES, Strategy, make
 
 INFLATION = 1.3
 
@@ -52,6 +57,16 @@ def arrival_order(
         task = tasks.pop(rng.randrange(len(tasks)))
         total -= task.gpu_total_milli
     return tasks
+
+
+def check_policy(policy: str) -> None:
+    """`policy` names known strategies (a chain joined by +), or a PlacementInputError."""
+    unknown = [name for name in policy.split("+") if name not in STRATEGIES]
+    if unknown:
+        raise PlacementInputError(
+            f"unknown policy {policy!r} ({', '.join(repr(n) for n in unknown)}): use one of "
+            f"{', '.join(STRATEGIES)}, or a tie-break chain such as fgd+best_fit"
+        )
 
 
 def policy_chain(policy: str, pods: list[Request], seed: int = 0) -> list[Strategy]:
@@ -147,8 +162,10 @@ def replay(cluster: Cluster, pods: list[Request], policy: str, seed: int = 0) ->
 
 def replay_files(nodes: str | Path, pods: str | Path, policy: str, seed: int = 0, sample: int | None = None):
     """Replay from the openb CSVs; `sample` keeps the first N nodes and scales the pods to match."""
+    check_policy(policy)
     cluster = load_openb_nodes(nodes)
     requests = load_openb_pods(pods)
+    check_requests_fit(requests, cluster, str(nodes))
     if sample:
         rng = random.Random(f"sample-{sample}")
         full_gpus = sum(len(node.gpus) for node in cluster.nodes)

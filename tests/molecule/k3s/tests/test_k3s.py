@@ -125,6 +125,40 @@ def test_kubeconfig_merged_on_the_controller_under_the_context():
     assert (EPHEMERAL / "kubeconfig").stat().st_mode & 0o777 == 0o600
 
 
+def test_extra_image_archive_is_copied_and_imported_once(host):
+    archive = "gpufleet-diagnostics-stand-in.tar"
+    copied = host.file(f"/var/lib/rancher/k3s/agent/images/{archive}")
+    assert copied.mode == 0o644
+    assert copied.sha256sum == sha256(EPHEMERAL / "images" / archive)
+    # Imported into the running k3s by the first converge; the idempotence run did not import again.
+    imported = host.file("/var/lib/rancher/k3s/agent/fake-images.list").content_string.splitlines()
+    assert imported == ["localhost/gpufleet/diagnostics:0.1.0"]
+
+
+READY = ("/usr/local/bin/k3s kubectl get node {node} "
+         "-o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}'")
+
+
+def test_readiness_is_the_nodes_real_state(host):
+    """What upgrade.yml waits for: True only while k3s runs with its config (so that wait can fail)."""
+    ready = READY.format(node=NODE)
+    assert host.run(ready).stdout == "True"
+    assert host.run(READY.format(node="another-node")).rc != 0  # not a node of this cluster
+    host.run_expect([0], "mv /etc/rancher/k3s/config.yaml /etc/rancher/k3s/config.yaml.away")
+    try:
+        assert host.run(ready).stdout == "False"
+    finally:
+        host.run_expect([0], "mv /etc/rancher/k3s/config.yaml.away /etc/rancher/k3s/config.yaml")
+    host.run_expect([0], "systemctl stop k3s")
+    try:
+        stopped = host.run(ready)
+        assert stopped.rc != 0 and stopped.stdout != "True"
+        assert "refused" in stopped.stderr
+    finally:
+        host.run_expect([0], "systemctl start k3s")
+    assert host.run(ready).stdout == "True"
+
+
 # --- later runs -------------------------------------------------------------------
 
 def test_nvidia_runtime_without_gpu_skips_and_changes_nothing():
