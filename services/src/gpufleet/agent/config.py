@@ -76,6 +76,9 @@ class ContainerConfig:
     # root; None ("agent" in the file) keeps the agent's own identity.
     kernel_uid: int | None = 1000
     kernel_gid: int | None = 1000
+    # Local backend, agent as root: each kernel gets its own uid (= gid) from this range, so
+    # kernels cannot read or signal each other. None (an empty string in the file): kernel-uid.
+    kernel_uid_range: tuple[int, int] | None = (60000, 60999)
 
     def kernel_owner(self) -> tuple[int, int] | None:
         """(uid, gid) kernels run as, or None to run them as the agent itself."""
@@ -134,7 +137,8 @@ class AgentConfig:
             "container": {"port-range": list(self.container.port_range),
                           "scratch-type": self.container.scratch_type,
                           "scratch-root": str(self.container.scratch_root),
-                          "scratch-nfs-address": self.container.scratch_nfs_address},
+                          "scratch-nfs-address": self.container.scratch_nfs_address,
+                          "kernel-uid-range": list(self.container.kernel_uid_range or [])},
             "resource": {"reserved-cpu": self.resource.reserved_cpu,
                          "reserved-mem": self.resource.reserved_mem, "gpus": self.resource.gpus},
             "debug": {"heartbeat-interval": self.debug.heartbeat_interval},
@@ -208,6 +212,31 @@ def parse_size(key: str, value: Any) -> int:
     return int(amount * _SIZE_UNITS[unit])
 
 
+EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_port_range(path: Path | None = None) -> tuple[int, int] | None:
+    """The host's local port range for outbound connections, or None when unreadable."""
+    try:
+        low, high = (int(x) for x in (path or EPHEMERAL_RANGE_PATH).read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def _id_range(key: str, value: Any) -> tuple[int, int] | None:
+    if value == "":
+        return None
+    parts = value.split("-") if isinstance(value, str) else value if isinstance(value, list) else []
+    try:
+        low, high = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected 'LOW-HIGH' or [LOW, HIGH], got {value!r}") from None
+    if not (1000 <= low <= high < 2**31 - 1):
+        raise ConfigError(f"{key}: need 1000 <= LOW <= HIGH < 2147483647 (no system ids), got {low}-{high}")
+    return low, high
+
+
 def _port_range(key: str, value: Any) -> tuple[int, int]:
     if isinstance(value, str):
         parts = value.split("-")
@@ -221,6 +250,13 @@ def _port_range(key: str, value: Any) -> tuple[int, int]:
         raise ConfigError(f"{key}: expected 'LOW-HIGH' or [LOW, HIGH], got {value!r}") from None
     if not (1 <= low <= high <= 65535):
         raise ConfigError(f"{key}: need 1 <= LOW <= HIGH <= 65535, got {low}-{high}")
+    ephemeral = ephemeral_port_range()
+    # Outbound connections (the agent's own, every process's) take local ports from the
+    # ephemeral range at random: a pool inside it hands kernels ports taken when they bind.
+    if ephemeral is not None and low <= ephemeral[1] and ephemeral[0] <= high:
+        raise ConfigError(f"{key}: {low}-{high} overlaps this host's ephemeral port range "
+                          f"{ephemeral[0]}-{ephemeral[1]} (net.ipv4.ip_local_port_range), where outbound "
+                          f"connections take their local ports; choose a range outside it")
     return low, high
 
 
@@ -315,6 +351,9 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AgentConfi
         elif value is not None:
             value = int(_number(s.key(key), value, 0, integer=True))
         setattr(container, attr, value)
+    if s.has("kernel-uid-range"):
+        container.kernel_uid_range = _id_range(s.key("kernel-uid-range"), s.get("kernel-uid-range"))
+    s.get("kernel-uid-range")
     if container.scratch_type == "nfs" and not container.scratch_nfs_address:
         raise ConfigError(f"{s.key('scratch-nfs-address')}: required when scratch-type is 'nfs'")
     s.check_unknown()
