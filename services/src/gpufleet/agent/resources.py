@@ -8,6 +8,7 @@ exactly what it took.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,11 +164,33 @@ class ResourceAllocator:
             return self._allocations.pop(kernel_id, None)
 
 
-class PortPool:
-    """Host ports in `[container] port-range`, handed out lowest first."""
+def port_is_free(port: int) -> bool:
+    """Nothing holds `port` (listening, connected or in TIME_WAIT) on any local address."""
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):  # noqa: S104
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this host
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address, port))
+        except OSError:
+            return False
+        finally:
+            sock.close()
+    return True
 
-    def __init__(self, low: int, high: int) -> None:
+
+class PortPool:
+    """Host ports in `[container] port-range`, handed out lowest first, skipping bound ones.
+
+    A port that is bound at the moment (by anyone) is skipped, not handed out; one taken in the
+    instant between this check and the kernel's bind is caught by the agent's retry."""
+
+    def __init__(self, low: int, high: int, probe=port_is_free) -> None:
         self.low, self.high = low, high
+        self.probe = probe
         self._lock = threading.Lock()
         self._free = set(range(low, high + 1))
         self._owner: dict[int, str] = {}
@@ -186,14 +209,22 @@ class PortPool:
 
     def take(self, owner: str, count: int = 1) -> list[int]:
         with self._lock:
-            if count > len(self._free):
-                raise ResourceError(f"port pool exhausted: requested {count}, free {len(self._free)}")
-            ports = sorted(self._free)[:count]
+            ports: list[int] = []
+            busy = 0
+            for port in sorted(self._free):
+                if len(ports) == count:
+                    break
+                if self.probe(port):
+                    ports.append(port)
+                else:
+                    busy += 1
+            if len(ports) < count:
+                raise ResourceError(f"port pool exhausted: requested {count}, free {len(self._free)}"
+                                    + (f" ({busy} of them bound by other processes now)" if busy else ""))
             for port in ports:
                 self._free.discard(port)
                 self._owner[port] = owner
             return ports
-
     def claim(self, owner: str, ports: list[int]) -> None:
         """Mark given ports as used (adopted kernels); ports outside the range are ignored."""
         with self._lock:
@@ -217,3 +248,36 @@ class PortPool:
         with self._lock:
             ports = [p for p, o in self._owner.items() if o == owner]
         return self.release(ports, owner)
+
+
+class IdentityPool:
+    """Kernel uids (gid = uid) from `[container] kernel-uid-range`, one per kernel, so kernels
+    can neither read nor signal each other. Taken and given back like ports; the registry keeps
+    each kernel's pair so an agent restart claims the ones live kernels still use."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._lock = threading.Lock()
+        self._owner: dict[int, str] = {}
+
+    def take(self, owner: str) -> tuple[int, int]:
+        with self._lock:
+            for uid in range(self.low, self.high + 1):
+                if uid not in self._owner:
+                    self._owner[uid] = owner
+                    return uid, uid
+        raise ResourceError(f"kernel uid range {self.low}-{self.high} exhausted")
+
+    def claim(self, owner: str, uid: int) -> None:
+        with self._lock:
+            if self.low <= uid <= self.high:
+                self._owner[uid] = owner
+
+    def release_owner(self, owner: str) -> None:
+        with self._lock:
+            for uid in [u for u, o in self._owner.items() if o == owner]:
+                del self._owner[uid]
+
+    def owners(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._owner)

@@ -203,11 +203,7 @@ class KubernetesBackend(KernelBackend):
             record.runner_host = pod.status.pod_ip
             record.backend_data["node"] = pod.spec.node_name
         except ApiException as exc:
-            await self.destroy(record)
             raise BackendError(f"kernel {record.kernel_id}: API error {exc.status} {exc.reason}") from exc
-        except BaseException:
-            await self.destroy(record)
-            raise
         self._supervise(record)
 
     async def _await_ready(self, kernel_id: str, timeout: float) -> k8s.V1Pod:
