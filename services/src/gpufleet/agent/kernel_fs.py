@@ -91,8 +91,12 @@ def _refusal_at(parent_fd: int, name: str, exc: OSError, where: str) -> Exceptio
     """As _refusal, but a symlink is named as one (O_DIRECTORY|O_NOFOLLOW on a link says ENOTDIR)."""
     if exc.errno in (errno.ENOTDIR, errno.ELOOP):
         with contextlib.suppress(OSError):
-            if stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
                 return PathRefused(f"{where} is a symlink (refused)")
+            if stat.S_ISDIR(mode) or exc.errno == errno.ELOOP:
+                # Not a directory when opened, one now: swapped under us (a rename race).
+                return PathRefused(f"{where} changed while it was opened (refused)")
     return _refusal(exc, where)
 
 

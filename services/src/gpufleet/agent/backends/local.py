@@ -161,10 +161,12 @@ def kill_uid_processes(uid: int, rounds: int = 20) -> int:
                 continue
             try:
                 with open(f"/proc/{entry}/status") as fh:
-                    uid_line = next(line for line in fh if line.startswith("Uid:"))
-            except (OSError, StopIteration):
+                    fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            except OSError:
                 continue
-            if int(uid_line.split()[1]) == uid:
+            if fields.get("State", "").strip().startswith("Z"):
+                continue  # already dead, waiting for its parent
+            if int(fields.get("Uid", "-1 ").split()[0]) == uid:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(entry), signal.SIGKILL)
                     found += 1
