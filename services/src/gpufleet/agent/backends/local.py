@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import pwd
 import resource
 import signal
 import sys
@@ -49,7 +50,7 @@ KERNEL_SANDBOX = (
     "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectClock=yes",
     "ProtectHostname=yes", "LockPersonality=yes", "RestrictRealtime=yes", "RestrictNamespaces=yes",
     "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM",
-    "CapabilityBoundingSet=", "AmbientCapabilities=", "RemoveIPC=yes", "KeyringMode=private",
+    "AmbientCapabilities=", "RemoveIPC=yes", "KeyringMode=private",
     "UMask=0077", "DevicePolicy=closed",
     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
 )
@@ -85,9 +86,22 @@ def runner_argv(python: str, runner: Path, port: int, token_file: Path, workdir:
             "--token-file", str(token_file), "--workdir", str(workdir)]
 
 
+def uid_is_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[str], workdir: Path,
-                     log_path: Path, owner: tuple[int, int] | None = None) -> list[str]:
-    """The transient unit for one kernel: limits from its slots, a sandbox, its GPUs' devices only."""
+                     log_path: Path, owner: tuple[int, int] | None = None,
+                     owner_is_user: bool | None = None) -> list[str]:
+    """The transient unit for one kernel: limits from its slots, a sandbox, its GPUs' devices only.
+
+    systemd runs a unit only as a uid its user database knows; a kernel uid that is not a user
+    (the kernel-uid-range needs no accounts) is taken by setpriv as the unit's first step, which
+    then drops every capability and the bounding set before the runner starts."""
     cpu_percent = max(1, round(float(record.allocation["cpu"]) * 100))
     argv = [
         "systemd-run", f"--unit={unit_name(record.kernel_id)}", "--collect",
@@ -102,8 +116,14 @@ def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[st
         f"--working-directory={workdir}",
         "--description=gpufleet kernel " + record.kernel_id,
     ]
-    if owner is not None:
-        argv += [f"--uid={owner[0]}", f"--gid={owner[1]}"]
+    if owner is not None and (uid_is_user(owner[0]) if owner_is_user is None else owner_is_user):
+        argv += [f"--uid={owner[0]}", f"--gid={owner[1]}", "--property=CapabilityBoundingSet="]
+    elif owner is not None:
+        argv.append("--property=CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_SETPCAP")
+        command = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups",
+                   "--inh-caps=-all", "--bounding-set=-all", "--", *command]
+    else:
+        argv.append("--property=CapabilityBoundingSet=")
     argv += [f"--property={prop}" for prop in KERNEL_SANDBOX]
     argv.append(f"--property=ReadWritePaths={workdir}")
     if not any(str(workdir).startswith(p) for p in ("/home/", "/root/", "/run/user/")):
