@@ -175,3 +175,9 @@ def test_port_range_inside_the_ephemeral_range_is_refused(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="overlaps"):
         parse_config({"container": {"port-range": "30000-32768"}})  # one port is enough
     assert parse_config({"container": {"port-range": "30000-32767"}}).container.port_range == (30000, 32767)
+
+
+def test_gpus_may_come_from_the_simulated_backend():
+    assert parse_config({"resource": {"gpus": "simulated"}}).resource.gpus == "simulated"
+    with pytest.raises(ConfigError, match=r"^\[resource\] gpus"):
+        parse_config({"resource": {"gpus": "fake"}})

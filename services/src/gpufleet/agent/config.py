@@ -91,7 +91,8 @@ class ContainerConfig:
 class ResourceConfig:
     reserved_cpu: float = 1.0
     reserved_mem: int = 1 << 30
-    # "auto": NVML if it answers, else 0. An integer: that many GPUs (labs, tests).
+    # "auto": what NVML reads (through gpufleet.gpu), else 0; "simulated": gpufleet.gpu's
+    # simulated backend (labs without GPUs). An integer: that many GPUs (tests).
     gpus: str | int = "auto"
 
 
@@ -363,7 +364,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AgentConfi
     resource.reserved_cpu = _number(s.key("reserved-cpu"), s.get("reserved-cpu", resource.reserved_cpu))
     resource.reserved_mem = parse_size(s.key("reserved-mem"), s.get("reserved-mem", resource.reserved_mem))
     gpus = s.get("gpus", "auto")
-    if gpus != "auto":
+    if gpus not in ("auto", "simulated"):
         gpus = int(_number(s.key("gpus"), gpus, 0, integer=True))
     resource.gpus = gpus
     s.check_unknown()
