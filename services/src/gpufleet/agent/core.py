@@ -30,7 +30,15 @@ from gpufleet.agent.events import EventPublisher
 from gpufleet.agent.kernel_fs import KernelScratch
 from gpufleet.agent.metrics import AgentMetrics
 from gpufleet.agent.registry import KernelRecord, KernelRegistry
-from gpufleet.agent.resources import IdentityPool, PortPool, ResourceAllocator, ResourceError, SlotCapacity
+from gpufleet.agent.resources import (
+    HEALTH_STATE_FILE,
+    IdentityPool,
+    PortPool,
+    ResourceAllocator,
+    ResourceError,
+    SlotCapacity,
+    unhealthy_gpu_uuids,
+)
 from gpufleet.agent.runner_client import RunnerError, runner_request
 
 log = logging.getLogger(__name__)
@@ -110,7 +118,8 @@ class Agent:
         self.id = config.agent.id
         self.backend = backend or make_backend(config)
         self.capacity = capacity or self._detect_capacity()
-        self.allocator = ResourceAllocator(self.capacity)
+        health_state = config.agent.state_dir / HEALTH_STATE_FILE
+        self.allocator = ResourceAllocator(self.capacity, unhealthy=lambda: unhealthy_gpu_uuids(health_state))
         self.ports = PortPool(*config.container.port_range)
         self.registry = KernelRegistry(config.agent.state_dir)
         self.kernel_owner = config.container.kernel_owner()
@@ -241,7 +250,9 @@ class Agent:
 
     def available_slots(self) -> dict[str, Any]:
         used = self.allocator.used()
-        return {k: v - used[k] for k, v in self.capacity.slots().items()}
+        available = {k: v - used[k] for k, v in self.capacity.slots().items()}
+        available["cuda.device"] = len(self.allocator.free_gpu_indices())  # bad GPUs are not offered
+        return available
 
     async def write_stats(self) -> None:
         ttl = self.config.debug.heartbeat_interval * 3
