@@ -221,6 +221,11 @@ async def test_reserved_environment_keys_are_refused(root_agent):
     for key in keys:
         with pytest.raises(InvalidKernelRequest, match=rf"^environ: {key} is reserved"):
             await agent.create_kernel(gpus=0, environ={key: "0,1,2,3"})
+    for bad_id in ("../../etc", "a/b", "nl\n", "", "-x", "x" * 65, ".."):
+        with pytest.raises(InvalidKernelRequest, match="is not a valid id"):
+            await agent.create_kernel(kernel_id=bad_id)
+        with pytest.raises(InvalidKernelRequest, match="is not a valid id"):
+            await agent.create_kernel(session_id=bad_id)
     for bad, message in (({"A=B": "x"}, "not a valid variable name"),
                          ({"X": "a\nCUDA_VISIBLE_DEVICES=0"}, "newline"), ({"X": 1}, "must map a string")):
         with pytest.raises(InvalidKernelRequest, match=message):

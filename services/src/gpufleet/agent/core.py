@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import secrets
 import socket
 import time
@@ -68,6 +69,17 @@ class InvalidKernelRequest(ValueError):
     """A create request the agent refuses as asked (a reserved environment key, a bad name).
 
     The RPC transport answers it with an error reply naming the field; nothing was allocated."""
+
+
+# Kernel and session ids name directories, units and pods: matched whole, never searched.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_id(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or ".." in value:
+        raise InvalidKernelRequest(f"{kind} {str(value)[:80]!r} is not a valid id "
+                                   "(letters, digits, '_-.'; at most 64, starting with a letter or digit)")
+    return value
 
 
 def check_environ(environ: Any) -> dict[str, str]:
@@ -313,7 +325,9 @@ class Agent:
                             service_ports: int = 0, session_id: str | None = None,
                             kernel_id: str | None = None, environ: dict[str, str] | None = None,
                             image: str | None = None) -> KernelRecord:
-        kid = kernel_id or uuid.uuid4().hex[:12]
+        kid = check_id("kernel_id", kernel_id) if kernel_id is not None else uuid.uuid4().hex[:12]
+        if session_id is not None:
+            check_id("session_id", session_id)
         environ = check_environ(environ)  # before anything is taken or announced
         if self.registry.get(kid) is not None:
             raise KernelStateError(f"kernel {kid} already exists")
