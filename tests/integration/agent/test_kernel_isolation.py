@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import capacity, make_config
 from gpufleet.agent.backends.local import LocalBackend
-from gpufleet.agent.core import RESERVED_ENV_KEYS, Agent, InvalidKernelRequest
+from gpufleet.agent.core import RESERVED_ENV_KEYS, Agent, InvalidKernelRequest, KernelStateError
 from gpufleet.agent.kernel_fs import KernelFileError, PathRefused
 
 pytestmark = [
@@ -108,6 +108,24 @@ async def test_each_kernel_has_its_own_uid_and_cannot_reach_another(root_agent):
     await agent.destroy_kernel(a.kernel_id)
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid_a]
     assert uid_a not in agent.identities.owners()
+
+
+async def test_a_kernel_that_exits_by_itself_leaves_no_process_for_the_next_owner_of_its_uid(root_agent):
+    import asyncio
+
+    agent = root_agent
+    record = await agent.create_kernel()
+    uid = record.identity[0]
+    # A daemon outside the kernel's session, then the runner itself exits.
+    await run(agent, record.kernel_id, "setsid sleep 300 >/dev/null 2>&1 < /dev/null &")
+    with pytest.raises(KernelStateError, match="closed the connection"):
+        await agent.execute(record.kernel_id, "query", "import os; os._exit(0)", timeout=30)
+    for _ in range(200):  # the supervisor reports the exit and frees the uid
+        if uid not in agent.identities.owners() and len(agent.registry) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert uid not in agent.identities.owners()
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
 
 
 def _uid_of(pid: str) -> int | None:

@@ -284,7 +284,14 @@ class LocalBackend(KernelBackend):
         self._children.pop(record.kernel_id, None)
         self._watchers.pop(record.kernel_id, None)
         if record.kernel_id not in self._stopping:
+            await self._kill_leftovers(record)  # before its uid can be handed out again
             await self._report_exit(record.kernel_id, exit_code)
+
+    async def _kill_leftovers(self, record: KernelRecord) -> None:
+        """Subprocess mode: every process of the kernel's uid (units: KillMode=control-group)."""
+        uid = record.backend_data.get("uid")
+        if uid and record.backend_data.get("mode", self.mode) != "systemd":
+            await asyncio.get_running_loop().run_in_executor(None, kill_uid_processes, uid)
 
     async def _unit_exit_code(self, record: KernelRecord) -> int | None:
         code, out = await _run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
@@ -300,9 +307,7 @@ class LocalBackend(KernelBackend):
                 exit_code = await self._stop_unit(record)
             else:
                 exit_code = await self._stop_child(record)
-                uid = record.backend_data.get("uid")
-                if uid:  # whatever escaped the kernel's session dies with it
-                    await asyncio.get_running_loop().run_in_executor(None, kill_uid_processes, uid)
+                await self._kill_leftovers(record)  # whatever escaped the kernel's session
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
