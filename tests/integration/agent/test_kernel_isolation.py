@@ -7,8 +7,10 @@ systemd units: it runs in the `agent` molecule scenario (verify_isolation.yml).
 """
 
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import textwrap
@@ -50,6 +52,10 @@ async def root_agent(tmp_path):
     yield agent
     await agent.stop(destroy_kernels=True)
     shutil.rmtree(parent, ignore_errors=True)
+    # Even when a test failed half-way: nothing of the test's kernel uids survives it.
+    for pid in [p for p in os.listdir("/proc") if p.isdigit() and 60100 <= (_uid_of(p) or 0) <= 60199]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 async def run(agent, kid, command):
