@@ -45,7 +45,8 @@ NVIDIA_SHARED_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-t
 # The kernel unit's sandbox (see docs/agent.md, "Threat model"); ReadWritePaths and
 # DeviceAllow are per kernel.
 KERNEL_SANDBOX = (
-    "ProtectProc=invisible", "ProcSubset=pid", "ProtectSystem=strict", "PrivateTmp=yes",
+    # No ProcSubset=pid: CUDA reads /proc/driver/nvidia, numerical libraries /proc/cpuinfo.
+    "ProtectProc=invisible", "ProtectSystem=strict", "PrivateTmp=yes",
     "NoNewPrivileges=yes", "RestrictSUIDSGID=yes", "ProtectKernelTunables=yes",
     "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectClock=yes",
     "ProtectHostname=yes", "LockPersonality=yes", "RestrictRealtime=yes", "RestrictNamespaces=yes",
