@@ -53,6 +53,9 @@ async def main() -> dict:
         b = await agent.create_kernel(gpus=1, cpu=0.5, mem=256 << 20)
         out["uids"] = [a.identity[0], b.identity[0]]
         out["gpus"] = [a.allocation["gpus"], b.allocation["gpus"]]
+        for name, kernel in (("start_a", a), ("start_b", b)):
+            out[name] = subprocess.run(["systemctl", "show", "-p", "ExecStart", "-p", "User", "--value",
+                                        kernel.container_id], capture_output=True, text=True).stdout
         script = f"python_code=$(cat <<'EOF'\n{OPEN_DEVICE}EOF\n)\n"
         run = await agent.execute(a.kernel_id, "batch", script + '"$PYTHON" -c "$python_code" '
                                   "/dev/nvidia0 /dev/nvidia1 /dev/nvidiactl /dev/sda /dev/null", timeout=60)
