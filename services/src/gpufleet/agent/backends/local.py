@@ -53,7 +53,7 @@ KERNEL_SANDBOX = (
     "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM",
     "AmbientCapabilities=", "RemoveIPC=yes", "KeyringMode=private",
     "UMask=0077", "DevicePolicy=closed",
-    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",  # getifaddrs (NCCL, Gloo)
 )
 KERNEL_NPROC = 4096  # processes per kernel uid (subprocess mode; systemd mode has TasksMax)
 PR_SET_NO_NEW_PRIVS = 38
