@@ -8,7 +8,9 @@ and one it refuses fails with EPERM: that difference is the device policy at wor
 """
 
 import asyncio
+import errno
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,14 @@ for path in sys.argv[1:]:
     except OSError as exc:
         print(path, errno.errorcode[exc.errno])
 """
+
+
+def open_errno(path: str) -> str:
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    return "opened"
 
 
 async def main() -> dict:
@@ -47,7 +57,8 @@ async def main() -> dict:
     })
     agent = Agent(config)
     await agent.start()
-    out: dict = {}
+    # Root, outside any kernel unit: whether the container itself lets GPU nodes be opened.
+    out: dict = {"platform_gpu_open": open_errno("/dev/nvidia0")}
     try:
         a = await agent.create_kernel(gpus=1, cpu=0.5, mem=256 << 20)
         b = await agent.create_kernel(gpus=1, cpu=0.5, mem=256 << 20)
