@@ -53,7 +53,8 @@ def start_agent(workdir: Path, port_count: int) -> tuple[subprocess.Popen, str, 
     token_file.write_text(token)
     os.chmod(token_file, 0o600)
     rpc, http = free_port(), free_port()
-    low = 40000 + secrets.randbelow(10000)
+    # Below the ephemeral range (32768+ by default), where outbound connections take ports.
+    low = 20000 + secrets.randbelow(10000)
     (workdir / "agent.toml").write_text(f"""
 [etcd]
 enabled = false

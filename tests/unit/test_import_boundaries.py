@@ -22,8 +22,6 @@ ETCD_LIBRARIES = ("etcd3", "etcd3gw", "aetcd")
 # Violations other branches are removing right now.
 # removed by branches config, isolation and health; the lead empties this at merge.
 KNOWN_VIOLATIONS = {
-    # removed by branch isolation: the agent discovers GPUs through gpufleet.gpu
-    ("services/src/gpufleet/agent/resources.py", "pynvml"),
 }
 
 

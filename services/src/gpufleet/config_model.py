@@ -136,12 +136,18 @@ def size(value: Any) -> int:
     return int(parsed * _SIZE_UNITS[unit])
 
 
-def port_range(value: Any) -> tuple[int, int]:
+def port_range_parts(value: Any) -> tuple[int, int]:
+    """(LOW, HIGH) from 'LOW-HIGH' or [LOW, HIGH]."""
     parts = value.split("-") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
     try:
         low, high = (int(part) for part in parts)
     except (TypeError, ValueError):
         raise ValueError(f"expected 'LOW-HIGH' or [LOW, HIGH], got {value!r}") from None
+    return low, high
+
+
+def port_range(value: Any) -> tuple[int, int]:
+    low, high = port_range_parts(value)
     if not 1 <= low <= high <= 65535:
         raise ValueError(f"need 1 <= LOW <= HIGH <= 65535, got {low}-{high}")
     return low, high

@@ -20,8 +20,12 @@ def free_port() -> int:
 
 def free_port_range(size: int) -> tuple[int, int]:
     """A run of ports nobody listens on now (randomised so parallel runs rarely collide)."""
+    # Below the host's ephemeral range: the agent refuses a pool inside it.
+    from gpufleet.agent.config import ephemeral_port_range
+
+    ceiling = min(40000, (ephemeral_port_range() or (40000, 0))[0]) - size
     for _ in range(50):
-        low = 20000 + secrets.randbelow(20000)
+        low = 20000 + secrets.randbelow(ceiling - 20000)
         ok = True
         for port in range(low, low + size):
             with socket.socket() as sock:

@@ -181,3 +181,33 @@ def test_a_file_that_is_not_utf8_names_the_file(tmp_path):
     path.write_bytes(b'[agent]\nid = "n\xe9ud"\n')
     with pytest.raises(ConfigError, match=r"agent\.toml:2: not UTF-8 text"):
         load_config(path)
+
+
+def test_kernel_uid_range_parsed_and_validated():
+    assert parse_config({}).container.kernel_uid_range == (60000, 60999)
+    assert parse_config({"container": {"kernel-uid-range": "61000-61009"}}).container.kernel_uid_range == \
+        (61000, 61009)
+    assert parse_config({"container": {"kernel-uid-range": ""}}).container.kernel_uid_range is None
+    for bad in ("0-10", "70000-60000", "x"):
+        with pytest.raises(ConfigError, match=r"^\[container\] kernel-uid-range"):
+            parse_config({"container": {"kernel-uid-range": bad}})
+
+
+def test_port_range_inside_the_ephemeral_range_is_refused(monkeypatch, tmp_path):
+    from gpufleet.agent import config as config_module
+
+    fake = tmp_path / "ip_local_port_range"
+    fake.write_text("32768\t60999\n")
+    monkeypatch.setattr(config_module, "EPHEMERAL_RANGE_PATH", fake)
+    with pytest.raises(ConfigError, match=r"^\[container\] port-range: 40000-40100 overlaps this host's "
+                                          r"ephemeral port range 32768-60999"):
+        parse_config({"container": {"port-range": "40000-40100"}})
+    with pytest.raises(ConfigError, match="overlaps"):
+        parse_config({"container": {"port-range": "30000-32768"}})  # one port is enough
+    assert parse_config({"container": {"port-range": "30000-32767"}}).container.port_range == (30000, 32767)
+
+
+def test_gpus_may_come_from_the_simulated_backend():
+    assert parse_config({"resource": {"gpus": "simulated"}}).resource.gpus == "simulated"
+    with pytest.raises(ConfigError, match=r"^\[resource\] gpus"):
+        parse_config({"resource": {"gpus": "fake"}})

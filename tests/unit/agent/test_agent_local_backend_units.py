@@ -42,7 +42,34 @@ def test_fractional_cpu_rounds_to_at_least_one_percent():
 
 
 def test_kernels_get_their_own_uid_and_no_new_privileges():
-    argv = systemd_run_argv(record(), {}, ["x"], Path("/w"), Path("/l"), owner=(1000, 1001))
+    argv = systemd_run_argv(record(), {}, ["x"], Path("/w"), Path("/l"), owner=(1000, 1001),
+                            owner_is_user=True)
     assert {"--uid=1000", "--gid=1001", "--property=NoNewPrivileges=yes"} <= set(argv)
     as_agent = systemd_run_argv(record(), {}, ["x"], Path("/w"), Path("/l"))
     assert not [a for a in as_agent if a.startswith("--uid")]
+
+
+def test_kernel_unit_is_sandboxed_and_gets_only_its_gpu_devices():
+    argv = systemd_run_argv(record(gpus=(1, 3)), {}, ["x"], Path("/var/lib/s/k/work"), Path("/l"),
+                            owner=(60001, 60001), owner_is_user=True)
+    props = {a.removeprefix("--property=") for a in argv if a.startswith("--property=")}
+    for expected in ("ProtectProc=invisible", "ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes",
+                     "RestrictSUIDSGID=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes",
+                     "ProtectKernelLogs=yes", "SystemCallFilter=@system-service", "DevicePolicy=closed",
+                     "ReadWritePaths=/var/lib/s/k/work", "ProtectHome=yes", "CapabilityBoundingSet="):
+        assert expected in props, expected
+    assert sorted(p for p in props if p.startswith("DeviceAllow=")) == sorted(
+        f"DeviceAllow={d} rw" for d in ("/dev/nvidia1", "/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm",
+                                        "/dev/nvidia-uvm-tools"))
+    no_gpu = systemd_run_argv(record(gpus=()), {}, ["x"], Path("/w"), Path("/l"))
+    assert "--property=DevicePolicy=closed" in no_gpu and not [a for a in no_gpu if "DeviceAllow" in a]
+
+
+def test_a_kernel_uid_without_an_account_is_taken_by_setpriv_with_no_capabilities_left():
+    argv = systemd_run_argv(record(), {}, ["python", "runner.py"], Path("/w"), Path("/l"),
+                            owner=(60005, 60005),
+                            owner_is_user=False)
+    assert not [a for a in argv if a.startswith("--uid")]
+    tail = argv[argv.index("--") + 1:]
+    assert tail[:7] == ["setpriv", "--reuid=60005", "--regid=60005", "--clear-groups", "--inh-caps=-all",
+                        "--bounding-set=-all", "--"] and tail[7:] == ["python", "runner.py"]

@@ -80,3 +80,59 @@ def test_port_pool_take_release_exhaust():
     assert pool.free_count() == 2
     pool.claim("k4", [30000, 40000])  # out-of-range ports are ignored
     assert pool.owners()[30000] == "k4" and 40000 not in pool.owners()
+
+
+# --- GPU discovery through gpufleet.gpu, and the health agent's verdict ---------------------
+
+def test_gpus_discovered_through_the_simulated_backend_skip_unreadable_ones(tmp_path, monkeypatch):
+    from gpufleet.gpu import simulated
+
+    faults = tmp_path / "faults.json"
+    simulated.write_faults(faults, {"nodes": {"sim-node-0": {"gpus": {"2": {"missing": True},
+                                                                      "5": {"nvml_error": "GpuIsLost"}}}}})
+    monkeypatch.setattr(simulated, "DEFAULT_FAULTS_PATH", faults)
+    gpus = detect_gpus("simulated")
+    assert [g.index for g in gpus] == [0, 1, 3, 4, 6, 7]  # fell off the bus / unreadable: not offered
+    assert all(g.uuid.startswith("GPU-") and g.memory > 0 and "H100" in g.model for g in gpus)
+
+
+def test_a_gpu_the_health_agent_finds_bad_is_not_offered(tmp_path, monkeypatch):
+    """The real health engine on the simulated backend writes its real state file; the
+    allocator reads only that file (no health/ code) and holds GPU 3 back."""
+    from gpufleet.agent.resources import unhealthy_gpu_uuids
+    from gpufleet.gpu import simulated
+    from gpufleet.health.engine import HealthEngine
+    from gpufleet.health.sinks.state_file import write_state
+
+    faults = tmp_path / "faults.json"
+    simulated.write_faults(faults, {"nodes": {"sim-node-0": {"gpus": {"3": {
+        "remapped_rows": {"failure": True, "uncorrectable": 9}}}}}})
+    monkeypatch.setattr(simulated, "DEFAULT_FAULTS_PATH", faults)
+    state = tmp_path / "health.json"
+    report = HealthEngine(simulated.SimulatedBackend(faults=faults)).run()
+    write_state(state, {"report": report.to_dict()})
+
+    capacity = SlotCapacity(cpu=64, mem=64 * GIB, gpus=detect_gpus("simulated"))
+    alloc = ResourceAllocator(capacity, unhealthy=lambda: unhealthy_gpu_uuids(state))
+    bad_uuid = next(g.uuid for g in capacity.gpus if g.index == 3)
+    assert unhealthy_gpu_uuids(state) == {bad_uuid}
+    assert alloc.free_gpu_indices() == [0, 1, 2, 4, 5, 6, 7]
+    with pytest.raises(ResourceError, match=r"cuda.device: requested 8, free 7 \(1 held back: marked bad"):
+        alloc.allocate("k1", 1, GIB, 8)
+    assert 3 not in alloc.allocate("k1", 1, GIB, 7).gpus
+    # The health agent clears it (a PASS report): offered again, no agent restart.
+    alloc.release("k1")
+    simulated.write_faults(faults, {"nodes": {"sim-node-0": {}}})
+    write_state(state, {"report": HealthEngine(simulated.SimulatedBackend(faults=faults)).run().to_dict()})
+    assert alloc.allocate("k2", 1, GIB, 8).gpus == tuple(range(8))
+
+
+@pytest.mark.parametrize("content", ["", "{broken", '{"schema": "other"}', '{"schema": '
+                                     '"gpufleet.io/health-agent-state/v1", "report": {"findings": "x"}}'])
+def test_an_unreadable_health_state_holds_nothing_back(tmp_path, content):
+    from gpufleet.agent.resources import unhealthy_gpu_uuids
+
+    state = tmp_path / "health.json"
+    state.write_text(content)
+    assert unhealthy_gpu_uuids(state) == set()
+    assert unhealthy_gpu_uuids(tmp_path / "missing.json") == set()

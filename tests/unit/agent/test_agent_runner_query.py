@@ -58,3 +58,90 @@ def test_server_answers_json_lines_and_bounds_request_size(tmp_path, monkeypatch
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- interrupts racing the start and the end of an execution (issue 15's hung execute) ----------
+
+def _serve(runner, *requests):
+    """Queue requests, then run the job loop on this (the main) thread until it drains."""
+    import queue
+
+    replies = []
+    for request in requests:
+        reply = queue.Queue(maxsize=1)
+        runner.jobs.put((request, reply))
+        replies.append(reply)
+    runner.jobs.put(None)
+    runner.serve_jobs()
+    # A reply that is not there now never comes: that is the hang the agent saw.
+    return [reply.get(timeout=5) for reply in replies]
+
+
+def test_interrupt_before_the_code_starts_answers_interrupted(tmp_path, monkeypatch):
+    """The interrupt lands after the job is taken but before user code runs.
+
+    Before the fix the SIGINT raised KeyboardInterrupt outside the execution's try block;
+    the job loop swallowed it and never replied, so the agent's execute waited forever."""
+    import signal
+
+    from gpufleet.agent import runner as runner_module
+
+    runner = Runner("t", str(tmp_path))
+    original = runner_module._CappedText
+    fired = []
+
+    class InterruptOnFirstBuffer(original):
+        def __init__(self, *args):
+            super().__init__(*args)
+            if not fired:  # the job is current, its code has not started: interrupt now
+                fired.append(runner._stop_current("interrupted"))
+
+    monkeypatch.setattr(runner_module, "_CappedText", InterruptOnFirstBuffer)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        first, second = _serve(runner, {"mode": "query", "code": "import time\nwhile True: time.sleep(0.01)"},
+                               {"mode": "query", "code": "print('next')"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert fired == [True]
+    assert (first["status"], first["exit_code"]) == ("interrupted", 130)
+    assert (second["status"], second["stdout"]) == ("finished", "next\n")  # the stop did not leak
+
+
+def test_interrupt_after_the_code_ended_is_ignored(tmp_path):
+    """A SIGINT that arrives between executions neither kills the loop nor hits the next job."""
+    import os
+    import signal
+
+    runner = Runner("t", str(tmp_path))
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        (first,) = _serve(runner, {"mode": "query", "code": "value = 1"})
+        assert signal.getsignal(signal.SIGINT) == runner._on_sigint
+        os.kill(os.getpid(), signal.SIGINT)  # stray: nothing is running now
+        (second,) = _serve(runner, {"mode": "query", "code": "value + 1"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert first["status"] == "finished"
+    assert (second["status"], second["stdout"]) == ("finished", "2\n")
+
+
+def test_batch_interrupted_before_its_command_starts_is_stopped_at_once(tmp_path, monkeypatch):
+    import subprocess
+    import time
+
+    from gpufleet.agent import runner as runner_module
+
+    runner = Runner("t", str(tmp_path))
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupt(*args, **kwargs):
+        # The interrupt comes while the command is being spawned (no process recorded yet).
+        runner._stop_current("interrupted")
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module.subprocess, "Popen", popen_then_interrupt)
+    started = time.monotonic()
+    (result,) = _serve(runner, {"mode": "batch", "code": "sleep 60"})
+    assert (result["status"], result["exit_code"]) == ("interrupted", 130)
+    assert time.monotonic() - started < 30  # stopped, not run to its end (60 s)

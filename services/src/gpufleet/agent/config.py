@@ -31,6 +31,7 @@ from gpufleet.config_model import (
     Size,
     Text,
     number,
+    port_range_parts,
     read_toml,
     validate,
 )
@@ -50,10 +51,33 @@ def _kernel_id(value: Any) -> int | None:
 
 
 def _gpus(value: Any) -> str | int:
-    return value if value == "auto" else int(number(0, integer=True)(value))
+    return value if value in ("auto", "simulated") else int(number(0, integer=True)(value))
+
+
+def _id_range(value: Any) -> tuple[int, int] | None:
+    """Kernel uids LOW-HIGH (above the system ids), or None for an empty string."""
+    if value == "" or value is None:
+        return None
+    low, high = port_range_parts(value)
+    if not 1000 <= low <= high < 2**31 - 1:
+        raise ValueError(f"need 1000 <= LOW <= HIGH < 2147483647 (no system ids), got {low}-{high}")
+    return low, high
+
+
+EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_port_range(path: Path | None = None) -> tuple[int, int] | None:
+    """The host's local port range for outbound connections, or None when unreadable."""
+    try:
+        low, high = (int(x) for x in (path or EPHEMERAL_RANGE_PATH).read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
 
 
 KernelId = Annotated[int | None, BeforeValidator(_kernel_id)]
+IdRange = Annotated[tuple[int, int] | None, BeforeValidator(_id_range)]
 Gpus = Annotated[str | int, BeforeValidator(_gpus)]
 
 
@@ -116,9 +140,20 @@ class ContainerConfig(Section):
     # root; None ("agent" in the file) keeps the agent's own identity.
     kernel_uid: KernelId = 1000
     kernel_gid: KernelId = 1000
+    # Local backend, agent as root: each kernel gets its own uid (= gid) from this range, so
+    # kernels cannot read or signal each other. None (an empty string in the file): kernel-uid.
+    kernel_uid_range: IdRange = (60000, 60999)
 
     @model_validator(mode="after")
     def _check(self) -> ContainerConfig:
+        low, high = self.port_range
+        ephemeral = ephemeral_port_range()
+        # Outbound connections (the agent's own, every process's) take local ports from the
+        # ephemeral range at random: a pool inside it hands kernels ports taken when they bind.
+        if ephemeral is not None and low <= ephemeral[1] and ephemeral[0] <= high:
+            raise KeyProblem("port-range", f"{low}-{high} overlaps this host's ephemeral port range "
+                             f"{ephemeral[0]}-{ephemeral[1]} (net.ipv4.ip_local_port_range), where outbound "
+                             "connections take their local ports; choose a range outside it")
         if not self.scratch_root.is_absolute():
             raise KeyProblem("scratch-root", "must be an absolute path")
         if self.scratch_type == "nfs" and not self.scratch_nfs_address:
@@ -135,7 +170,8 @@ class ContainerConfig(Section):
 class ResourceConfig(Section):
     reserved_cpu: Number() = 1.0
     reserved_mem: Size = 1 << 30
-    # "auto": NVML if it answers, else 0. An integer: that many GPUs (labs, tests).
+    # "auto": what NVML reads (through gpufleet.gpu), else 0; "simulated": gpufleet.gpu's
+    # simulated backend (labs without GPUs). An integer: that many GPUs (tests).
     gpus: Gpus = "auto"
 
 
@@ -197,7 +233,8 @@ class AgentConfig(Section):
             "container": {"port-range": list(self.container.port_range),
                           "scratch-type": self.container.scratch_type,
                           "scratch-root": str(self.container.scratch_root),
-                          "scratch-nfs-address": self.container.scratch_nfs_address},
+                          "scratch-nfs-address": self.container.scratch_nfs_address,
+                          "kernel-uid-range": list(self.container.kernel_uid_range or [])},
             "resource": {"reserved-cpu": self.resource.reserved_cpu,
                          "reserved-mem": self.resource.reserved_mem, "gpus": self.resource.gpus},
             "debug": {"heartbeat-interval": self.debug.heartbeat_interval},

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import secrets
 import socket
 import time
@@ -22,18 +23,38 @@ import uuid
 from typing import Any
 
 from gpufleet import __version__
-from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec
+from gpufleet.agent import kernel_fs
+from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec, PortInUse
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.etcd import AgentEtcd, EtcdUnavailable
 from gpufleet.agent.events import EventPublisher
+from gpufleet.agent.kernel_fs import KernelScratch
 from gpufleet.agent.metrics import AgentMetrics
-from gpufleet.agent.registry import KernelRecord, KernelRegistry, Scratch
-from gpufleet.agent.resources import PortPool, ResourceAllocator, ResourceError, SlotCapacity
+from gpufleet.agent.registry import KernelRecord, KernelRegistry
+from gpufleet.agent.resources import (
+    HEALTH_STATE_FILE,
+    IdentityPool,
+    PortPool,
+    ResourceAllocator,
+    ResourceError,
+    SlotCapacity,
+    unhealthy_gpu_uuids,
+)
 from gpufleet.agent.runner_client import RunnerError, runner_request
 
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 8 << 20
+# A kernel whose runner finds its port taken is started again on other ports, this often.
+PORT_ATTEMPTS = 3
+# Environment keys a create request may not set: they grant or describe resources (GPUs) or
+# are the runner's own. GPUs are given by the allocation, never by a user's variable.
+RESERVED_ENV_KEYS = frozenset({
+    "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+})
+RESERVED_ENV_PREFIXES = ("NVIDIA_", "BACKENDAI_", "GPUFLEET_")
+ENV_KEY_MAX = 256
+ENV_VALUE_MAX = 32768
 
 
 class KernelNotFound(LookupError):
@@ -42,6 +63,46 @@ class KernelNotFound(LookupError):
 
 class KernelStateError(Exception):
     """The kernel exists but cannot do this now (e.g. not running yet)."""
+
+
+class InvalidKernelRequest(ValueError):
+    """A create request the agent refuses as asked (a reserved environment key, a bad name).
+
+    The RPC transport answers it with an error reply naming the field; nothing was allocated."""
+
+
+# Kernel and session ids name directories, units and pods: matched whole, never searched.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_id(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or ".." in value:
+        raise InvalidKernelRequest(f"{kind} {str(value)[:80]!r} is not a valid id "
+                                   "(letters, digits, '_-.'; at most 64, starting with a letter or digit)")
+    return value
+
+
+def check_environ(environ: Any) -> dict[str, str]:
+    """The user's environment for a kernel, or InvalidKernelRequest naming the first bad key."""
+    if environ is None:
+        return {}
+    if not isinstance(environ, dict):
+        raise InvalidKernelRequest("environ must be an object of strings")
+    for key, value in environ.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidKernelRequest(f"environ: {key!r} must map a string to a string")
+        if not key or len(key) > ENV_KEY_MAX or not (key[0].isalpha() or key[0] == "_") \
+                or not all(c.isascii() and (c.isalnum() or c == "_") for c in key):
+            raise InvalidKernelRequest(f"environ: {key[:60]!r} is not a valid variable name "
+                                       f"([A-Za-z_][A-Za-z0-9_]*, at most {ENV_KEY_MAX} characters)")
+        if key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidKernelRequest(
+                f"environ: {key} is reserved (set by the agent from the kernel's allocation; GPUs are "
+                f"requested with the cuda.device slot, never through the environment)")
+        if "\x00" in value or "\n" in value or len(value) > ENV_VALUE_MAX:
+            raise InvalidKernelRequest(f"environ: the value of {key} contains a NUL or newline or is "
+                                       f"longer than {ENV_VALUE_MAX} characters")
+    return dict(environ)
 
 
 def make_backend(config: AgentConfig) -> KernelBackend:
@@ -69,10 +130,15 @@ class Agent:
         self.id = config.agent.id
         self.backend = backend or make_backend(config)
         self.capacity = capacity or self._detect_capacity()
-        self.allocator = ResourceAllocator(self.capacity)
+        health_state = config.agent.state_dir / HEALTH_STATE_FILE
+        self.allocator = ResourceAllocator(self.capacity, unhealthy=lambda: unhealthy_gpu_uuids(health_state))
         self.ports = PortPool(*config.container.port_range)
         self.registry = KernelRegistry(config.agent.state_dir)
         self.kernel_owner = config.container.kernel_owner()
+        # One uid per kernel when the agent can give them (root, local backend, a range set).
+        uid_range = config.container.kernel_uid_range
+        self.identities = IdentityPool(*uid_range) if (
+            uid_range and self.kernel_owner is not None and self.backend.per_kernel_identity) else None
         self.backend.on_exit = self._kernel_exited
         self.metrics = AgentMetrics()
         self.events = EventPublisher(self.id, on_drop=self.metrics.events_dropped.inc)
@@ -99,7 +165,10 @@ class Agent:
     # --- startup / shutdown -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.config.container.scratch_root.mkdir(parents=True, exist_ok=True)
+        scratch_root = self.config.container.scratch_root
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        if self.kernel_owner is not None:
+            scratch_root.chmod(0o711)  # kernels reach their own dir through it, list nothing
         await self.reconcile()
         self.events.start()
         if self.config.redis_addr is not None:
@@ -193,7 +262,9 @@ class Agent:
 
     def available_slots(self) -> dict[str, Any]:
         used = self.allocator.used()
-        return {k: v - used[k] for k, v in self.capacity.slots().items()}
+        available = {k: v - used[k] for k, v in self.capacity.slots().items()}
+        available["cuda.device"] = len(self.allocator.free_gpu_indices())  # bad GPUs are not offered
+        return available
 
     async def write_stats(self) -> None:
         ttl = self.config.debug.heartbeat_interval * 3
@@ -225,6 +296,8 @@ class Agent:
                 if self.allocator.allocations().get(record.kernel_id) is None:
                     self.allocator.restore(record.allocation_obj)
                     self.ports.claim(record.kernel_id, record.ports)
+                    if self.identities is not None and record.identity:
+                        self.identities.claim(record.kernel_id, record.identity[0])
                     await self.backend.adopt(record)
                 adopted.append(record.kernel_id)
             else:
@@ -252,7 +325,10 @@ class Agent:
                             service_ports: int = 0, session_id: str | None = None,
                             kernel_id: str | None = None, environ: dict[str, str] | None = None,
                             image: str | None = None) -> KernelRecord:
-        kid = kernel_id or uuid.uuid4().hex[:12]
+        kid = check_id("kernel_id", kernel_id) if kernel_id is not None else uuid.uuid4().hex[:12]
+        if session_id is not None:
+            check_id("session_id", session_id)
+        environ = check_environ(environ)  # before anything is taken or announced
         if self.registry.get(kid) is not None:
             raise KernelStateError(f"kernel {kid} already exists")
         session_id = session_id or kid
@@ -268,19 +344,23 @@ class Agent:
         backend_started = False
         try:
             ports = self.ports.take(kid, 1 + service_ports)
+            owner = self.kernel_owner
+            if self.identities is not None:
+                owner = self.identities.take(kid)
             record = KernelRecord(
                 kernel_id=kid, session_id=session_id, status="preparing", allocation=allocation.to_dict(),
                 ports=ports, runner_token=secrets.token_hex(16), backend=self.backend.name,
-                image=image or self.config.agent.kernel_image, environ=dict(environ or {}))
+                image=image or self.config.agent.kernel_image, environ=environ,
+                identity=list(owner) if owner is not None else None)
             self._inject("prepare", kid)
-            scratch = Scratch(self.config.container.scratch_root, kid, self.kernel_owner)
+            scratch = KernelScratch(self.config.container.scratch_root, kid, owner)
             scratch.create(self._kernel_environ(record), allocation.slots(), list(allocation.gpus))
             record.status = "creating"
             self.registry.put(record)
             self.events.publish("kernel_creating", kernel_id=kid, session_id=session_id)
             self._inject("create", kid)
             started = time.monotonic()
-            await self.backend.create(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
+            await self._launch(record, scratch)
             backend_started = True
             self.metrics.kernel_creation_seconds.observe(time.monotonic() - started)
             self._inject("started", kid)
@@ -295,6 +375,8 @@ class Agent:
             if record is None:
                 self.allocator.release(kid)
                 self.ports.release_owner(kid)
+                if self.identities is not None:
+                    self.identities.release_owner(kid)
                 self.events.publish("kernel_terminated", kernel_id=kid, session_id=session_id,
                                     reason=reason, exit_code=None, error=str(exc))
             else:
@@ -306,6 +388,22 @@ class Agent:
                             ports=record.ports)
         self.metrics.kernels.set(len(self.registry))
         return record
+
+    async def _launch(self, record: KernelRecord, scratch: KernelScratch) -> None:
+        """Start the kernel; a runner that finds its port taken is started again on fresh ports."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                await self.backend.launch(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
+                return
+            except PortInUse:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                taken = list(record.ports)
+                record.ports = self.ports.take(record.kernel_id, len(taken))
+                self.ports.release(taken, owner=record.kernel_id)  # the pool's probe skips them while bound
+                self.registry.put(record)
+                log.warning("kernel %s: port %d was taken, starting it again on %d (attempt %d of %d)",
+                            record.kernel_id, taken[0], record.ports[0], attempt + 1, PORT_ATTEMPTS)
 
     def _kernel_environ(self, record: KernelRecord) -> dict[str, str]:
         env = {"BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
@@ -320,7 +418,12 @@ class Agent:
         kid = record.kernel_id
         self.allocator.release(kid)
         self.ports.release_owner(kid)
-        Scratch(self.config.container.scratch_root, kid).remove()
+        try:
+            KernelScratch(self.config.container.scratch_root, kid).remove()
+        except OSError as exc:  # kept, and said: never a reason to keep the kernel's slots
+            log.error("kernel %s: removing its scratch failed: %s", kid, exc)
+        if self.identities is not None:
+            self.identities.release_owner(kid)
         self.registry.remove(kid)
         self._kernel_locks.pop(kid, None)
         args = {"kernel_id": kid, "session_id": record.session_id, "reason": reason, "exit_code": exit_code}
@@ -397,45 +500,38 @@ class Agent:
         record = self.get_kernel(kernel_id)
         return {"kernel_id": kernel_id, "logs": await self.backend.logs(record)}
 
-    # --- files (inside the kernel's scratch work dir only) --------------------------------
+    # --- files (inside the kernel's scratch work dir only; see kernel_fs) -------------------
 
-    def _scratch(self, kernel_id: str) -> Scratch:
-        self.get_kernel(kernel_id)
-        return Scratch(self.config.container.scratch_root, kernel_id, self.kernel_owner)
+    def _scratch(self, kernel_id: str) -> KernelScratch:
+        record = self.get_kernel(kernel_id)
+        owner = tuple(record.identity) if record.identity else self.kernel_owner
+        return KernelScratch(self.config.container.scratch_root, kernel_id, owner)
 
     async def list_files(self, kernel_id: str, path: str = ".") -> dict[str, Any]:
-        target = self._scratch(kernel_id).resolve_inside(path)
-        if not target.is_dir():
-            raise FileNotFoundError(f"{path} is not a directory")
-        entries = []
-        for entry in sorted(target.iterdir()):
-            info = entry.lstat()
-            entries.append({"name": entry.name, "type": "dir" if entry.is_dir() else "file",
-                            "size": info.st_size, "mode": oct(info.st_mode & 0o7777), "mtime": info.st_mtime})
-        return {"kernel_id": kernel_id, "path": path, "files": entries}
+        scratch = self._scratch(kernel_id)
+        with scratch.work_fd() as work_fd:
+            listing = kernel_fs.list_dir(work_fd, path)
+        return {"kernel_id": kernel_id, "path": path, **listing}
 
     async def upload_file(self, kernel_id: str, path: str, content_b64: str) -> dict[str, Any]:
         scratch = self._scratch(kernel_id)
-        target = scratch.resolve_inside(path)
+        kernel_fs.split_path(path)  # a bad path is refused before the content is decoded
+        if not isinstance(content_b64, str):
+            raise kernel_fs.KernelFileError("content must be base64 text")
+        if len(content_b64) > (MAX_FILE_BYTES + 2) // 3 * 4 + 4:
+            raise kernel_fs.KernelFileError(f"file larger than {MAX_FILE_BYTES} bytes")
         data = base64.b64decode(content_b64, validate=True)
         if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
-        missing = [p for p in reversed(target.parents) if not p.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for directory in missing:
-            scratch.give(directory)
-        target.write_bytes(data)
-        scratch.give(target)  # the kernel owns what is uploaded into it
-        return {"kernel_id": kernel_id, "path": path, "size": len(data)}
+            raise kernel_fs.KernelFileError(f"file larger than {MAX_FILE_BYTES} bytes")
+        with scratch.work_fd() as work_fd:
+            size = kernel_fs.upload(work_fd, path, data, scratch.owner)  # the kernel owns what it gets
+        return {"kernel_id": kernel_id, "path": path, "size": size}
 
     async def download_file(self, kernel_id: str, path: str) -> dict[str, Any]:
-        target = self._scratch(kernel_id).resolve_inside(path)
-        if not target.is_file():
-            raise FileNotFoundError(f"{path} is not a file")
-        if target.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
-        return {"kernel_id": kernel_id, "path": path,
-                "content_b64": base64.b64encode(target.read_bytes()).decode()}
+        scratch = self._scratch(kernel_id)
+        with scratch.work_fd() as work_fd:
+            data = kernel_fs.download(work_fd, path, scratch.owner, MAX_FILE_BYTES)
+        return {"kernel_id": kernel_id, "path": path, "content_b64": base64.b64encode(data).decode()}
 
     # --- ports and info --------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The kernel registry (persisted to the state dir) and each kernel's scratch directory.
+"""The kernel registry, persisted to the state dir (scratch directories: agent/kernel_fs.py).
 
 The registry file is rewritten atomically (temp file + rename) on every change,
 so an agent that dies at any moment leaves either the old or the new state,
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -37,6 +36,7 @@ class KernelRecord:
     backend_data: dict[str, Any] = field(default_factory=dict)
     image: str = ""
     environ: dict[str, str] = field(default_factory=dict)
+    identity: list[int] | None = None  # [uid, gid] of its own the kernel runs as (local backend)
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
 
@@ -115,57 +115,3 @@ class KernelRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._kernels)
-
-
-class Scratch:
-    """`<scratch-root>/<kid>/{work,config}`: the kernel's home (/home/work) and its config."""
-
-    def __init__(self, root: Path, kernel_id: str, owner: tuple[int, int] | None = None) -> None:
-        self.base = Path(root) / kernel_id
-        self.work = self.base / "work"
-        self.config = self.base / "config"
-        self.owner = owner  # (uid, gid) the kernel runs as; its files are handed to it
-
-    def give(self, path: Path) -> Path:
-        if self.owner is not None:
-            os.chown(path, *self.owner)
-        return path
-
-    def create(self, environ: dict[str, str], slots: dict[str, Any], gpu_indices: list[int]) -> None:
-        for directory in (self.base, self.work, self.config):
-            directory.mkdir(parents=True, exist_ok=True)
-            self.give(directory)
-        environ_text = "".join(f"{k}={v}\n" for k, v in sorted(environ.items()))
-        (self.config / "environ.txt").write_text(environ_text)
-        resource_lines = [f"{k}={v}" for k, v in slots.items()]
-        resource_lines.append("cuda.device.indices=" + ",".join(str(i) for i in gpu_indices))
-        (self.config / "resource.txt").write_text("\n".join(resource_lines) + "\n")
-        self.give(self.config / "environ.txt")
-        self.give(self.config / "resource.txt")
-
-    def write_runner(self, runner_source: Path, token: str) -> Path:
-        token_path = self.config / "runner.token"
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)
-        self.give(token_path)
-        target = self.config / "runner.py"
-        shutil.copyfile(runner_source, target)
-        return self.give(target)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def resolve_inside(self, relative: str) -> Path:
-        """A path inside the work dir; anything escaping it (.., symlinks, absolute) is refused."""
-        if "\x00" in relative:
-            raise PermissionError("path contains a NUL byte")
-        if relative == "/home/work" or relative.startswith("/home/work/"):
-            relative = relative[len("/home/work"):].lstrip("/")  # the path as the kernel sees it
-        if relative.startswith("/"):
-            raise PermissionError(f"path {relative!r} is outside the kernel's scratch")
-        root = self.work.resolve()
-        candidate = (root / relative).resolve()
-        if candidate != root and root not in candidate.parents:
-            raise PermissionError(f"path {relative!r} is outside the kernel's scratch")
-        return candidate

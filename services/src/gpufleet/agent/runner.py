@@ -23,6 +23,7 @@ bare Python.
 import argparse
 import ast
 import contextlib
+import errno
 import hmac
 import io
 import json
@@ -40,6 +41,7 @@ import uuid
 MAX_OUTPUT = 1 << 20  # bytes kept per stream per execution
 MAX_REQUEST = 16 << 20
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 124, 130
+EXIT_PORT_IN_USE = 75  # EX_TEMPFAIL: the runner's port was taken; the agent retries elsewhere
 
 
 class _CappedText(io.StringIO):
@@ -58,21 +60,27 @@ class Runner:
         self.lock = threading.Lock()
         self.current = None  # (kind, run_id, Popen or None) of the running execution
         self.stop_reason = None  # "interrupted" | "timeout" for the running execution
+        self.in_user_code = False  # set by the main thread only, read by its SIGINT handler
         self.main_ident = threading.get_ident()
         self.started = time.time()
 
     # --- main thread: executes jobs one by one ---------------------------------------------
 
     def serve_jobs(self):
+        # SIGINT interrupts only user code (see _on_sigint); installed here, on the main thread.
+        signal.signal(signal.SIGINT, self._on_sigint)
         while True:
-            try:
-                job = self.jobs.get()
-                if job is None:
-                    return
-                request, reply = job
-                reply.put(self._execute(request))
-            except KeyboardInterrupt:
-                continue  # an interrupt that arrived just after its execution ended
+            job = self.jobs.get()
+            if job is None:
+                return
+            request, reply = job
+            reply.put(self._execute(request))
+
+    def _on_sigint(self, signum, frame):
+        """Raise KeyboardInterrupt inside user code only; anywhere else the stop is already
+        recorded in `stop_reason` and honoured where user code would start (no lost replies)."""
+        if self.in_user_code:
+            raise KeyboardInterrupt
 
     def _execute(self, request):
         mode = request.get("mode", "query")
@@ -107,15 +115,23 @@ class Runner:
         status, exit_code = "finished", 0
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                tree = ast.parse(code, "<query>", "exec")
-                trailing = None
-                if tree.body and isinstance(tree.body[-1], ast.Expr):
-                    trailing = ast.Expression(tree.body.pop().value)
-                exec(compile(tree, "<query>", "exec"), self.namespace)  # noqa: S102 - the kernel's purpose
-                if trailing is not None:
-                    value = eval(compile(trailing, "<query>", "eval"), self.namespace)  # noqa: S307
-                    if value is not None:
-                        print(repr(value))
+                try:
+                    # Armed before the check: a stop that came before this line is seen by the
+                    # check, one that comes after it by the SIGINT handler. Never both missed.
+                    self.in_user_code = True
+                    if self.stop_reason:
+                        raise KeyboardInterrupt
+                    tree = ast.parse(code, "<query>", "exec")
+                    trailing = None
+                    if tree.body and isinstance(tree.body[-1], ast.Expr):
+                        trailing = ast.Expression(tree.body.pop().value)
+                    exec(compile(tree, "<query>", "exec"), self.namespace)  # noqa: S102 - the kernel's purpose
+                    if trailing is not None:
+                        value = eval(compile(trailing, "<query>", "eval"), self.namespace)  # noqa: S307
+                        if value is not None:
+                            print(repr(value))
+                finally:
+                    self.in_user_code = False
         except KeyboardInterrupt:
             status = self.stop_reason or "interrupted"
             exit_code = EXIT_TIMEOUT if status == "timeout" else EXIT_INTERRUPTED
@@ -137,11 +153,10 @@ class Runner:
                                 start_new_session=True)
         with self.lock:
             self.current = ("batch", run_id, proc)
-        try:
-            stdout, stderr = proc.communicate()
-        except KeyboardInterrupt:  # a stray main-thread interrupt: the command is stopped instead
+            stopped_early = self.stop_reason is not None
+        if stopped_early:  # interrupted (or timed out) before the command existed
             _kill_group(proc)
-            stdout, stderr = proc.communicate()
+        stdout, stderr = proc.communicate()
         status, exit_code = "finished" if proc.returncode == 0 else "error", proc.returncode
         if self.stop_reason:
             status = self.stop_reason
@@ -248,11 +263,18 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
     runner = Runner(token, args.workdir)
-    server = make_server(runner, args.host, args.port)
+    try:
+        server = make_server(runner, args.host, args.port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # The agent reads this exit code and starts the kernel again on another port.
+        print(f"runner: port {args.port} is already in use", file=sys.stderr, flush=True)
+        return EXIT_PORT_IN_USE
     threading.Thread(target=server.serve_forever, daemon=True).start()
     # SIGTERM ends the kernel at once (exit code 0): stop a running batch command, then exit
-    # without taking any lock the interrupted main thread might hold. SIGINT stays
-    # KeyboardInterrupt (that is how executions are interrupted).
+    # without taking any lock the interrupted main thread might hold. SIGINT interrupts
+    # user code only (Runner._on_sigint).
     signal.signal(signal.SIGTERM, lambda *_: runner.terminate())
     print(f"runner ready on {args.host}:{args.port} python={sys.executable}", flush=True)
     runner.serve_jobs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from typing import Any
@@ -29,7 +30,12 @@ async def runner_request(host: str, port: int, token: str, request: dict[str, An
         writer.close()
     if not line:
         raise RunnerError(f"runner at {host}:{port} closed the connection")
-    response = json.loads(line)
+    try:
+        response = json.loads(line)
+    except ValueError:
+        raise RunnerError(f"runner at {host}:{port} answered something that is not JSON") from None
+    if not isinstance(response, dict):
+        raise RunnerError(f"runner at {host}:{port} answered something that is not an object")
     if "error" in response:
         raise RunnerError(f"runner: {response['error']}")
     return response
@@ -37,12 +43,16 @@ async def runner_request(host: str, port: int, token: str, request: dict[str, An
 
 async def wait_runner_ready(host: str, port: int, token: str, timeout: float,
                             alive=lambda: True) -> dict[str, Any]:
-    """Ping until the runner answers; give up after `timeout` or when `alive()` turns false."""
+    """Ping until the runner answers; give up after `timeout` or when `alive()` (a function or a
+    coroutine function) turns false."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if not alive():
+        still_alive = alive()
+        if inspect.isawaitable(still_alive):
+            still_alive = await still_alive
+        if not still_alive:
             raise RunnerError(f"kernel exited before its runner came up ({last_error})")
         try:
             # Short: a runner answers a ping in milliseconds; a stranger on the port never does.

@@ -3,41 +3,84 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpufleet.agent.registry import KernelRecord, Scratch
+from gpufleet.agent.kernel_fs import KernelScratch
+from gpufleet.agent.registry import KernelRecord
+
+log = logging.getLogger(__name__)
 
 # Called by a backend when a kernel it started exits on its own: (kernel_id, exit_code or None).
 ExitCallback = Callable[[str, "int | None"], Awaitable[None]]
 
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runner.py"
+# What runner.py prints when its port is taken (it then exits with EXIT_PORT_IN_USE).
+PORT_IN_USE_MARKER = "runner: port "
+FAILED_LOG_LINES = 20
 
 
 class BackendError(Exception):
     """A backend could not create, inspect or remove a kernel."""
 
 
+class PortInUse(BackendError):
+    """The kernel's runner could not bind its port (taken meanwhile): start it on another."""
+
+
+def last_lines(text: str, count: int = FAILED_LOG_LINES) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-count:])
+
+
 @dataclass
 class LaunchSpec:
     record: KernelRecord
-    scratch: Scratch
+    scratch: KernelScratch
     ready_timeout: float
 
 
 class KernelBackend(abc.ABC):
     name: str = "abstract"
+    # Whether kernels of this backend run as host uids the agent hands out (one per kernel).
+    per_kernel_identity: bool = False
 
     def __init__(self) -> None:
         self.on_exit: ExitCallback | None = None
+
+    async def launch(self, spec: LaunchSpec) -> None:
+        """create(), and on any failure: keep the kernel's last log lines (in the error and the
+        agent's log), then remove whatever was started. The one copy of this rule."""
+        try:
+            await self.create(spec)
+        except BaseException as exc:
+            record = spec.record
+            tail = ""
+            if isinstance(exc, Exception):
+                with contextlib.suppress(Exception):
+                    tail = last_lines(await asyncio.wait_for(self.logs(record, 16384), 10))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.destroy(record))
+            if not isinstance(exc, Exception):
+                raise
+            message = f"kernel {record.kernel_id} failed to start: {exc}"
+            if tail:
+                log.error("%s; its last log lines:\n%s", message, tail)
+                message += f"\n--- last lines of its log ---\n{tail}"
+            else:
+                log.error("%s (its log is empty)", message)
+            error = PortInUse if PORT_IN_USE_MARKER in tail and "already in use" in tail else BackendError
+            raise error(message) from exc
 
     @abc.abstractmethod
     async def create(self, spec: LaunchSpec) -> None:
         """Start the kernel; fill record.container_id, runner_host/port, backend_data.
 
-        Returns once the runner answers or raises BackendError; on error the
-        backend has already removed whatever it started.
+        Returns once the runner answers or raises. Callers use launch(), which removes
+        whatever was started when this raises.
         """
 
     @abc.abstractmethod

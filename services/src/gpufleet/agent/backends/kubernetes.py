@@ -290,12 +290,8 @@ class KubernetesBackend(KernelBackend):
             pod = await self._await_ready(record.kernel_id, record.container_id, spec.ready_timeout)
             record.runner_host = pod["status"]["podIP"]
             record.backend_data["node"] = (pod.get("spec") or {}).get("nodeName")
-        except KUBE_ERRORS as exc:
-            await self.destroy(record)
+        except KUBE_ERRORS as exc:  # launch() in the base class removes what was started
             raise BackendError(f"kernel {record.kernel_id}: API error {describe_error(exc)}") from exc
-        except BaseException:
-            await self.destroy(record)
-            raise
         self._supervised[record.kernel_id] = record
 
     async def destroy(self, record: KernelRecord) -> int | None:

@@ -1,21 +1,28 @@
 """The local backend: each kernel a transient systemd unit, or a supervised subprocess.
 
 With systemd as PID 1 a kernel is `systemd-run --unit gpufleet-kernel-<kid>`
-with CPUQuota/MemoryMax from its slots and CUDA_VISIBLE_DEVICES from its GPUs,
-so the cgroup enforces the limits and `systemctl` shows it. Without systemd
-(containers, CI) the kernel is a child process in its own session; limits are
-then not enforced (only the GPU visibility is), which `gather_hwinfo` reports.
+with CPUQuota/MemoryMax from its slots, its own uid, a sandbox (ProtectProc=invisible,
+ProtectSystem=strict with only its work dir writable, PrivateTmp, NoNewPrivileges,
+SystemCallFilter=@system-service, ...) and DevicePolicy=closed with DeviceAllow= for
+exactly its /dev/nvidiaN (plus nvidiactl and nvidia-uvm), so the cgroup enforces the
+limits and the GPUs. Without systemd (containers, CI) the kernel is a child process in
+its own session, with its own uid, no_new_privs and rlimits; cpu/mem limits and GPUs are
+then not enforced (only advertised), which `gather_hwinfo` reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import pwd
+import resource
 import signal
 import sys
 from pathlib import Path
 
+from gpufleet.agent import kernel_fs
 from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
 from gpufleet.agent.registry import KernelRecord
 from gpufleet.agent.runner_client import RunnerError, wait_runner_ready
@@ -31,6 +38,32 @@ def systemd_is_running() -> bool:
 
 def unit_name(kernel_id: str) -> str:
     return f"gpufleet-kernel-{kernel_id}.service"
+
+
+# Device nodes every GPU kernel needs besides its own /dev/nvidiaN (control, unified memory).
+NVIDIA_SHARED_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# The kernel unit's sandbox (see docs/agent.md, "Threat model"); ReadWritePaths and
+# DeviceAllow are per kernel.
+KERNEL_SANDBOX = (
+    # No ProcSubset=pid: CUDA reads /proc/driver/nvidia, numerical libraries /proc/cpuinfo.
+    "ProtectProc=invisible", "ProtectSystem=strict", "PrivateTmp=yes",
+    "NoNewPrivileges=yes", "RestrictSUIDSGID=yes", "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes", "ProtectClock=yes",
+    "ProtectHostname=yes", "LockPersonality=yes", "RestrictRealtime=yes", "RestrictNamespaces=yes",
+    "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM",
+    "AmbientCapabilities=", "RemoveIPC=yes", "KeyringMode=private",
+    "UMask=0077", "DevicePolicy=closed",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",  # getifaddrs (NCCL, Gloo)
+)
+KERNEL_NPROC = 4096  # processes per kernel uid (subprocess mode; systemd mode has TasksMax)
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def gpu_device_paths(gpus: list[int]) -> list[str]:
+    """The device nodes a kernel with these GPUs may open (none without GPUs)."""
+    if not gpus:
+        return []
+    return [f"/dev/nvidia{index}" for index in gpus] + list(NVIDIA_SHARED_DEVICES)
 
 
 def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
@@ -54,9 +87,22 @@ def runner_argv(python: str, runner: Path, port: int, token_file: Path, workdir:
             "--token-file", str(token_file), "--workdir", str(workdir)]
 
 
+def uid_is_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[str], workdir: Path,
-                     log_path: Path, owner: tuple[int, int] | None = None) -> list[str]:
-    """The transient unit for one kernel: limits from its slots, GPUs through the environment."""
+                     log_path: Path, owner: tuple[int, int] | None = None,
+                     owner_is_user: bool | None = None) -> list[str]:
+    """The transient unit for one kernel: limits from its slots, a sandbox, its GPUs' devices only.
+
+    systemd runs a unit only as a uid its user database knows; a kernel uid that is not a user
+    (the kernel-uid-range needs no accounts) is taken by setpriv as the unit's first step, which
+    then drops every capability and the bounding set before the runner starts."""
     cpu_percent = max(1, round(float(record.allocation["cpu"]) * 100))
     argv = [
         "systemd-run", f"--unit={unit_name(record.kernel_id)}", "--collect",
@@ -71,8 +117,20 @@ def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[st
         f"--working-directory={workdir}",
         "--description=gpufleet kernel " + record.kernel_id,
     ]
-    if owner is not None:
-        argv += [f"--uid={owner[0]}", f"--gid={owner[1]}", "--property=NoNewPrivileges=yes"]
+    if owner is not None and (uid_is_user(owner[0]) if owner_is_user is None else owner_is_user):
+        argv += [f"--uid={owner[0]}", f"--gid={owner[1]}", "--property=CapabilityBoundingSet="]
+    elif owner is not None:
+        argv.append("--property=CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_SETPCAP")
+        command = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups",
+                   "--inh-caps=-all", "--bounding-set=-all", "--", *command]
+    else:
+        argv.append("--property=CapabilityBoundingSet=")
+    argv += [f"--property={prop}" for prop in KERNEL_SANDBOX]
+    argv.append(f"--property=ReadWritePaths={workdir}")
+    if not any(str(workdir).startswith(p) for p in ("/home/", "/root/", "/run/user/")):
+        argv.append("--property=ProtectHome=yes")
+    devices = gpu_device_paths(record.allocation.get("gpus", []))
+    argv += [f"--property=DeviceAllow={path} rw" for path in devices]
     argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
     return argv + ["--", *command]
 
@@ -104,8 +162,44 @@ async def _run(argv: list[str], timeout: float = 15.0) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+def _confine_child() -> None:
+    """In the forked child, after the uid switch: no privilege gain by exec, bounded resources."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        os._exit(126)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (KERNEL_NPROC, KERNEL_NPROC))
+
+
+def kill_uid_processes(uid: int, rounds: int = 20) -> int:
+    """SIGKILL every process whose real uid is `uid` (a kernel's, in subprocess mode: anything it
+    left behind outside its session must not meet the next kernel given the same uid)."""
+    killed = 0
+    for _ in range(rounds):
+        found = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            except OSError:
+                continue
+            if fields.get("State", "").strip().startswith("Z"):
+                continue  # already dead, waiting for its parent
+            if int(fields.get("Uid", "-1 ").split()[0]) == uid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry), signal.SIGKILL)
+                    found += 1
+        killed += found
+        if not found:
+            break
+    return killed
+
+
 class LocalBackend(KernelBackend):
     name = "local"
+    per_kernel_identity = True
 
     def __init__(self, mode: str = "auto", python: str = sys.executable) -> None:
         super().__init__()
@@ -117,45 +211,50 @@ class LocalBackend(KernelBackend):
         self._watchers: dict[str, asyncio.Task] = {}
         self._stopping: set[str] = set()
 
-    @staticmethod
-    def log_path(spec_or_record_config_dir: Path) -> Path:
-        return spec_or_record_config_dir / "kernel.log"
-
     async def create(self, spec: LaunchSpec) -> None:
         record = spec.record
-        runner = spec.scratch.write_runner(RUNNER_SOURCE, record.runner_token)
+        scratch = spec.scratch
+        runner = scratch.write_runner(RUNNER_SOURCE, record.runner_token)
         record.runner_host, record.runner_port = "127.0.0.1", record.ports[0]
-        command = runner_argv(self.python, runner, record.runner_port, spec.scratch.config / "runner.token",
-                              spec.scratch.work)
-        env = kernel_environment(record, spec.scratch.work)
-        log_path = self.log_path(spec.scratch.config)
-        record.backend_data = {"mode": self.mode, "config_dir": str(spec.scratch.config)}
+        command = runner_argv(self.python, runner, record.runner_port, scratch.config / "runner.token",
+                              scratch.work)
+        env = kernel_environment(record, scratch.work)
+        record.backend_data = {"mode": self.mode, "config_dir": str(scratch.config)}
+        if scratch.owner is not None:
+            record.backend_data["uid"] = scratch.owner[0]
         try:
             if self.mode == "systemd":
-                await self._start_unit(record, env, command, spec.scratch.work, log_path, spec.scratch.owner)
-                alive = None
+                await self._start_unit(record, env, command, scratch.work, scratch.log_path, scratch.owner)
+                alive = self._unit_alive_check(record)
             else:
-                alive = await self._start_child(record, env, command, spec.scratch.work, log_path,
-                                                spec.scratch.owner)
+                alive = await self._start_child(record, env, command, scratch, scratch.owner)
             await wait_runner_ready(record.runner_host, record.runner_port, record.runner_token,
-                                    spec.ready_timeout, alive=alive or (lambda: True))
+                                    spec.ready_timeout, alive=alive)
         except (RunnerError, OSError) as exc:
-            await self.destroy(record)
-            raise BackendError(f"kernel {record.kernel_id} failed to start: {exc}") from exc
-        except BaseException:
-            await self.destroy(record)
-            raise
+            raise BackendError(str(exc)) from exc
         self._watch(record)
 
-    async def _start_child(self, record, env, command, workdir, log_path, owner):
-        log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed right after spawn
+    def _unit_alive_check(self, record: KernelRecord):
+        """An async liveness probe for wait_runner_ready, at most one systemctl call per 0.5 s."""
+        last = {"at": 0.0, "alive": True}
+
+        async def alive() -> bool:
+            now = asyncio.get_running_loop().time()
+            if now - last["at"] >= 0.5:
+                last["at"], last["alive"] = now, await self.is_alive(record)
+            return last["alive"]
+        return alive
+
+    async def _start_child(self, record, env, command, scratch, owner):
+        log_fd = scratch.open_log()  # the agent's file; the child gets only the descriptor
         identity = {} if owner is None else {"user": owner[0], "group": owner[1], "extra_groups": []}
         try:
             proc = await asyncio.create_subprocess_exec(
-                *command, cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True, **identity)
+                *command, cwd=scratch.work, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fd, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_confine_child, **identity)  # noqa: PLW1509 - async-signal-safe enough: ctypes + setrlimit
         finally:
-            log.close()
+            os.close(log_fd)
         self._children[record.kernel_id] = proc
         record.container_id = f"pid-{proc.pid}"
         record.backend_data.update(pid=proc.pid, start_time=process_start_time(proc.pid))
@@ -186,7 +285,14 @@ class LocalBackend(KernelBackend):
         self._children.pop(record.kernel_id, None)
         self._watchers.pop(record.kernel_id, None)
         if record.kernel_id not in self._stopping:
+            await self._kill_leftovers(record)  # before its uid can be handed out again
             await self._report_exit(record.kernel_id, exit_code)
+
+    async def _kill_leftovers(self, record: KernelRecord) -> None:
+        """Subprocess mode: every process of the kernel's uid (units: KillMode=control-group)."""
+        uid = record.backend_data.get("uid")
+        if uid and record.backend_data.get("mode", self.mode) != "systemd":
+            await asyncio.get_running_loop().run_in_executor(None, kill_uid_processes, uid)
 
     async def _unit_exit_code(self, record: KernelRecord) -> int | None:
         code, out = await _run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
@@ -202,6 +308,7 @@ class LocalBackend(KernelBackend):
                 exit_code = await self._stop_unit(record)
             else:
                 exit_code = await self._stop_child(record)
+                await self._kill_leftovers(record)  # whatever escaped the kernel's session
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -263,14 +370,11 @@ class LocalBackend(KernelBackend):
         self._watch(record)
 
     async def logs(self, record: KernelRecord, tail_bytes: int = 65536) -> str:
-        path = self.log_path(Path(record.backend_data.get("config_dir", "")))
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - tail_bytes))
-                return fh.read().decode(errors="replace")
-        except OSError:
+        config_dir = record.backend_data.get("config_dir")
+        if not config_dir:
             return ""
+        return kernel_fs.read_tail(Path(config_dir), kernel_fs.KernelScratch.LOG_NAME,
+                                   tail_bytes).decode(errors="replace")
 
     async def close(self) -> None:
         for task in list(self._watchers.values()):
