@@ -19,11 +19,6 @@ SCANNED = [SOURCE / "gpufleet", REPO / "plugins"]
 LAYER_2 = ("health", "placement", "agent")
 ETCD_LIBRARIES = ("etcd3", "etcd3gw", "aetcd")
 
-# Violations other branches are removing right now.
-# removed by branches config, isolation and health; the lead empties this at merge.
-KNOWN_VIOLATIONS = {
-}
-
 
 def module_name(relative: str) -> str:
     """The dotted name of a repository file (plugins get their collection's package)."""
@@ -94,15 +89,9 @@ def all_violations() -> set[tuple[str, str]]:
 
 
 def test_no_import_crosses_a_layer_boundary():
-    unexpected = sorted(all_violations() - KNOWN_VIOLATIONS)
+    unexpected = sorted(all_violations())
     assert not unexpected, "imports across DESIGN.md's boundaries:\n" + "\n".join(
         f"  {file}: imports {name}" for file, name in unexpected)
-
-
-def test_every_allowed_violation_still_exists():
-    """An entry whose import is gone must leave the list, so it cannot hide a new one."""
-    stale = sorted(KNOWN_VIOLATIONS - all_violations())
-    assert not stale, "remove from KNOWN_VIOLATIONS (fixed):\n" + "\n".join(f"  {f}: {n}" for f, n in stale)
 
 
 def test_the_scan_sees_what_it_must_refuse():
