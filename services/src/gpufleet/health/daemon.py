@@ -328,7 +328,7 @@ class HealthAgent:
             self._cycle_deadline, self._cycle_overran = (started + budget, schedule), False
         for event in xid_events or []:
             self.xid_counts[str(event.xid)] = self.xid_counts.get(str(event.xid), 0) + 1
-            self.metrics.xid_events.labels(str(event.xid)).inc()
+            self.metrics.observe_xid(event)
         events = replay + list(xid_events or [])
         released = False
         try:
@@ -351,7 +351,9 @@ class HealthAgent:
             self.in_time = True  # nothing to publish: the checks in time are the whole cycle
         self.save_state()
         self.metrics.observe_report(
-            report, report.checks + [c for c in self.carried if c not in report.checks]
+            report,
+            report.checks + [c for c in self.carried if c not in report.checks],
+            fence_level=self.config.kubernetes.taint_level,
         )
         self.metrics.healthy_streak.set(self.fence.healthy_streak)
         self.metrics.cycle_duration.labels(schedule).observe(checks_seconds)
