@@ -216,7 +216,7 @@ class HealthAgent:
         events = list(xid_events or [])
         for event in events:
             self.xid_counts[str(event.xid)] = self.xid_counts.get(str(event.xid), 0) + 1
-            self.metrics.xid_events.labels(str(event.xid)).inc()
+            self.metrics.observe_xid(event)
         try:
             report, published, action = self._judge_and_publish(costs, events, scheduled=schedule != XID)
             released = action == "released"
@@ -226,7 +226,9 @@ class HealthAgent:
             self._busy_until = None
         self.save_state()
         self.metrics.observe_report(
-            report, report.checks + [c for c in self.carried if c not in report.checks]
+            report,
+            report.checks + [c for c in self.carried if c not in report.checks],
+            fence_level=self.config.kubernetes.taint_level,
         )
         self.metrics.healthy_streak.set(self.fence.healthy_streak)
         self.metrics.cycle_duration.labels(schedule).observe(self.monotonic() - started)

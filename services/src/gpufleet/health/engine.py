@@ -41,6 +41,7 @@ class NodeReport:
     driver_version: str | None
     gpus: list[dict[str, Any]] = field(default_factory=list)
     duration_ms: float = 0.0
+    reading: NodeReading | None = field(default=None, repr=False, compare=False)  # for metrics; not saved
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +182,7 @@ class HealthEngine:
                 for g in (reading.gpus if reading else [])
             ],
             duration_ms=(time.perf_counter() - started_cpu) * 1000.0,
+            reading=reading,
         )
 
 
