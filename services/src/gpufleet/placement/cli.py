@@ -297,3 +297,72 @@ def bench_command(nodes, gpus_per_node, decisions, strategies, seed, as_json) ->
             f"{r['strategy']:16} {r['decisions_per_second']:>12} {r['warm_decisions_per_second']:>10} "
             f"{r['p99_ms']:>8} {r['placed']:>7}"
         )
+
+
+@place.command("serve")
+@kube_options
+@click.option("--scheduler-name", default="gpufleet", show_default=True,
+              help="Schedule the pods whose spec.schedulerName is this.")
+@click.option("--policy", default=None,
+              help="Strategy or composite, e.g. fgd_mem+balance (default: the best measured).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the final random tie-break.")
+@click.option("--lease", default="kube-system/gpufleet-scheduler", show_default=True,
+              help="NAMESPACE/NAME of the Lease that elects one leader among instances.")
+@click.option("--identity", default=None, help="This instance's name in the Lease (default: HOST_PID).")
+@click.option("--http", "http_address", default="0.0.0.0:9402", show_default=True,
+              help="ADDRESS:PORT of /healthz, /readyz and /metrics.")
+@click.option("--request-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each API request may take.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"]))
+def serve_command(kubeconfig, context, scheduler_name, policy, seed, lease, identity, http_address,
+                  request_timeout, log_level, log_format) -> None:
+    """Run the live GPU scheduler: bind pending pods of --scheduler-name to nodes.
+
+    Watches pods and nodes, places each pending pod with the placement engine,
+    binds it (with `gpufleet.io/assigned-gpus`), and reports the ones that fit
+    nowhere with a FailedScheduling event. Several instances may run: the Lease
+    elects one leader, the others stand by. Stops cleanly on SIGTERM/SIGINT.
+    """
+    import signal
+    import threading
+
+    from gpufleet.kube.api import KUBE_ERRORS, KubeApi, describe_error
+    from gpufleet.placement.serve import DEFAULT_POLICY, GpuScheduler, ServeConfig
+    from gpufleet.placement.strategies import make_chain
+    from gpufleet.service import StatusHttpServer, notify, setup_logging
+
+    setup_logging(log_level, log_format)
+    lease_namespace, _, lease_name = lease.partition("/")
+    if not lease_namespace or not lease_name:
+        raise click.BadParameter("NAMESPACE/NAME, e.g. kube-system/gpufleet-scheduler", param_hint="--lease")
+    host, _, port = http_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("ADDRESS:PORT, e.g. 0.0.0.0:9402", param_hint="--http")
+    policy = policy or DEFAULT_POLICY
+    try:
+        make_chain(policy.split("+"))
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(f"unknown policy {policy!r}: {exc}", param_hint="--policy") from None
+    config = ServeConfig(scheduler_name=scheduler_name, policy=policy, seed=seed,
+                         lease_namespace=lease_namespace, lease_name=lease_name)
+    if identity:
+        config.identity = identity
+    try:
+        from gpufleet.kube.client import api_client
+
+        api = KubeApi(api_client(request_timeout=request_timeout, kubeconfig=kubeconfig, context=context))
+    except KUBE_ERRORS as exc:
+        raise click.ClickException(f"no Kubernetes API to talk to: {describe_error(exc)}") from None
+    scheduler = GpuScheduler(api, config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    http = StatusHttpServer(scheduler, host, int(port), name="scheduler-http").start()
+    notify("READY=1")
+    try:
+        scheduler.run(stop)
+    finally:
+        notify("STOPPING=1")
+        http.stop()

@@ -10,7 +10,7 @@ already carries a placement is left alone and reported unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -109,9 +109,18 @@ def _pod_node(pod: dict) -> str | None:
 def snapshot(api_client: client.ApiClient) -> Cluster:
     """Nodes and the pods on them (running, pending or pinned) — one LIST each."""
     core = client.CoreV1Api(api_client)
-    nodes = {n.name: n for n in (node_from_api(item) for item in _list(core.list_node))}
+    return cluster_from(_list(core.list_node), _list(core.list_pod_for_all_namespaces))
+
+
+def cluster_from(node_objects: Iterable[dict], pod_objects: Iterable[dict]) -> Cluster:
+    """The Cluster of these nodes (API objects) with what these pods hold on them.
+
+    A pod counts on the node it is bound or pinned to, unless it has finished; its
+    GPUs are those in `gpufleet.io/assigned-gpus`, else the lowest free ones.
+    """
+    nodes = {n.name: n for n in (node_from_api(item) for item in node_objects)}
     placed = []
-    for pod in _list(core.list_pod_for_all_namespaces):
+    for pod in pod_objects:
         if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
             continue
         node = nodes.get(_pod_node(pod) or "")
