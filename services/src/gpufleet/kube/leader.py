@@ -48,6 +48,7 @@ class LeaseElector:
         self._observed_at = 0.0
         self._last_renewed: float | None = None  # when we last renewed as leader
         self.transitions = 0
+        self.reachable = False  # the last round got an answer from the API
 
     def is_leader(self) -> bool:
         return self._last_renewed is not None and self.clock() - self._last_renewed < self.renew_deadline
@@ -66,6 +67,7 @@ class LeaseElector:
         """One round: take or renew the Lease if allowed. True while we lead."""
         try:
             lease = self.api.get_lease(self.namespace, self.name)
+            self.reachable = True
             now = self.clock()
             if lease is None:
                 self.api.create_lease(self.namespace, self.name, self._spec(None))
@@ -86,6 +88,7 @@ class LeaseElector:
         except KUBE_ERRORS as exc:
             # 409: someone else wrote the Lease first; anything else: the API is unwell.
             log.info("lease %s/%s not acquired or renewed: %s", self.namespace, self.name, exc)
+            self.reachable = getattr(exc, "status", None) is not None  # an HTTP answer, e.g. 409
             return self.is_leader()
 
     def _won(self, now: float) -> bool:

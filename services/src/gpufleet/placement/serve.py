@@ -333,7 +333,6 @@ class GpuScheduler:
         self.in_flight: dict[str, tuple[float, float]] = {}  # uid -> (binding sent, pod first seen)
         self.synced = False
         self.last_loop = time.monotonic()
-        self.started = time.monotonic()
         self._placer: Placer | None = None
         self._watches: list[Watch] = []
 
@@ -346,9 +345,11 @@ class GpuScheduler:
 
     def readiness(self) -> tuple[bool, dict]:
         leader = self.elector.is_leader()
-        detail = {"leader": leader, "synced": self.synced, "pending": len(self.queue)}
-        # A standby is ready (it can take over); a leader once its model is loaded.
-        return (self.synced if leader else self.last_loop > self.started), detail
+        detail = {"leader": leader, "synced": self.synced, "api_reachable": self.elector.reachable,
+                  "pending": len(self.queue)}
+        # A leader is ready once its model is loaded; a standby while it can read the Lease
+        # (it could take over).
+        return (self.synced if leader else self.elector.reachable), detail
 
     # -- the loop ----------------------------------------------------------------------------
 
