@@ -193,3 +193,62 @@ def test_a_graceful_stop_hands_the_lease_over_at_once(kube_api, running):
     wait_until(lambda: second.scheduler.elector.is_leader(), "the standby leading", timeout=15)
     kube_api.add_object("pods", pending_pod("after"))
     wait_until(lambda: pods(kube_api)["after"]["spec"].get("nodeName"), "the pod bound by the new leader")
+
+
+def gpu_workload(name, replicas=2, gpus=1, gang=False, **spec):
+    return {"apiVersion": "gpufleet.io/v1alpha1", "kind": "GPUWorkload",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": replicas, "gpusPerReplica": gpus, "gang": gang,
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "main", "image": "busybox:stable"}]}},
+                     **spec}}
+
+
+def workload_status(kube_api, name):
+    return (kube_api.get_object("GPUWorkload", name, "default") or {}).get("status") or {}
+
+
+def test_a_gpu_workload_gets_its_pods_placed_and_its_status_kept(kube_api, running):
+    for i in range(2):
+        kube_api.add_node(f"gpu-{i}", gpus=8)
+    kube_api.add_object("GPUWorkload", gpu_workload("train", replicas=3, gpus=4, gang=True, priority=5))
+    running()
+    status = wait_until(lambda: workload_status(kube_api, "train").get("phase") == "Placed"
+                        and workload_status(kube_api, "train"), "the workload placed")
+    assert status["placed"] == 3 and status["conditions"][0]["reason"] == "AllPlaced"
+    created = {name: p for name, p in pods(kube_api).items() if name.startswith("train-")}
+    assert sorted(created) == ["train-0", "train-1", "train-2"]
+    for pod in created.values():
+        assert pod["spec"]["schedulerName"] == "gpufleet"
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "GPUWorkload"
+        assert pod["metadata"]["labels"]["app"] == "train"
+    assert sorted((p["pod"], len(p["gpus"])) for p in status["placements"]) == \
+        [("train-0", 4), ("train-1", 4), ("train-2", 4)]
+    # 12 GPUs on two 8-GPU nodes: one node holds two replicas, the other one.
+    assert sorted(Counter(p["node"] for p in status["placements"]).values()) == [1, 2]
+
+
+def test_a_gang_that_does_not_fit_whole_binds_nothing(kube_api, running):
+    for i in range(2):
+        kube_api.add_node(f"gpu-{i}", gpus=8)
+    kube_api.add_object("GPUWorkload", gpu_workload("big", replicas=3, gpus=8, gang=True))
+    kube_api.add_object("GPUWorkload", gpu_workload("loose", replicas=3, gpus=8, gang=False))
+    running()
+    wait_until(lambda: workload_status(kube_api, "big").get("conditions", [{}])[0].get("reason")
+               == "Unschedulable", "the gang reported unschedulable")
+    # Without a gang, two of three replicas run; the gang's replicas never take a node.
+    wait_until(lambda: workload_status(kube_api, "loose").get("placed") == 2, "two loose replicas placed")
+    assert all(not p["spec"].get("nodeName") for name, p in pods(kube_api).items() if name.startswith("big-"))
+    assert workload_status(kube_api, "big")["phase"] == "Pending"
+    assert "does not fit" in workload_status(kube_api, "big")["conditions"][0]["message"]
+
+
+def test_an_invalid_workload_says_what_is_wrong(kube_api, running):
+    kube_api.add_node("gpu-0", gpus=8)
+    kube_api.add_object("GPUWorkload", gpu_workload("bad", replicas=0))
+    running()
+    status = wait_until(lambda: workload_status(kube_api, "bad").get("phase") == "Invalid"
+                        and workload_status(kube_api, "bad"), "the workload marked invalid")
+    assert "spec.replicas" in status["conditions"][0]["message"]
+    assert not [name for name in pods(kube_api) if name.startswith("bad-")]

@@ -43,10 +43,19 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gpufleet.kube.api import KUBE_ERRORS, NODES, PODS, STRATEGIC_MERGE_PATCH, KubeApi, describe_error
+from gpufleet.kube.api import (
+    GPU_WORKLOADS,
+    KUBE_ERRORS,
+    NODES,
+    PODS,
+    STRATEGIC_MERGE_PATCH,
+    KubeApi,
+    describe_error,
+)
 from gpufleet.kube.leader import LeaseElector
 from gpufleet.kube.watch import Watch
 from gpufleet.metrics import MetricSpec
+from gpufleet.placement import gpuworkload
 from gpufleet.placement.engine import Placer
 from gpufleet.placement.kube import FINISHED_PHASES, cluster_from
 from gpufleet.placement.model import (
@@ -80,7 +89,7 @@ class ServeConfig:
     aging_per_second: float = 1 / 60  # one priority step per minute waited
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    bind_workers: int = 8  # within the client's connection pool (5 per core)
+    bind_workers: int = 6  # with the watches and the loop's own calls, within the client's pool
     watch_timeout: int = 300
 
 
@@ -333,8 +342,15 @@ class GpuScheduler:
         self.in_flight: dict[str, tuple[float, float]] = {}  # uid -> (binding sent, pod first seen)
         self.synced = False
         self.last_loop = time.monotonic()
-        self._placer: Placer | None = None
+        self._placers: dict[str, Placer] = {}  # by policy; all built from the same model
         self._watches: list[Watch] = []
+        self._pool: ThreadPoolExecutor | None = None
+        # GPUWorkloads (when the CRD is installed): objects, and those whose status to refresh.
+        self.workloads: dict[tuple[str, str], dict] = {}
+        self.workload_dirty: set[tuple[str, str]] = set()
+        self.workload_unschedulable: dict[tuple[str, str], str] = {}
+        self.live_pods: dict[tuple[str, str], dict] = {}  # (namespace, name) -> pod, any state
+        self.create_failed: dict[tuple[str, str], float] = {}  # pod -> when creating it last failed
 
     # -- health ------------------------------------------------------------------------------
 
@@ -374,7 +390,7 @@ class GpuScheduler:
             log.warning("cannot read the cluster: %s", describe_error(exc))
             stop.wait(self.config.retry_period)
             return
-        pool = ThreadPoolExecutor(self.config.bind_workers, thread_name_prefix="bind")
+        pool = self._pool = ThreadPoolExecutor(self.config.bind_workers, thread_name_prefix="bind")
         renewed = time.monotonic()
         try:
             while not stop.is_set():
@@ -386,6 +402,7 @@ class GpuScheduler:
                     renewed = now
                 self._drain(block_for=self._wait_time(now - renewed))
                 self._schedule(pool)
+                self._reconcile_workloads(pool)
         except _Resync as exc:
             log.warning("%s: reading the cluster again", exc)
         finally:
@@ -412,13 +429,27 @@ class GpuScheduler:
                                   self.config.backoff_max)
         self.requests.clear()
         self.in_flight.clear()
+        self._placers.clear()
+        self.workloads.clear()
+        self.live_pods.clear()
         nodes, nodes_rv = self.api.list(NODES)
         pods, pods_rv = self.api.list(PODS)
+        watched = [(NODES, nodes_rv), (PODS, pods_rv)]
+        try:
+            workloads, workloads_rv = self.api.list(GPU_WORKLOADS)
+            watched.append((GPU_WORKLOADS, workloads_rv))
+        except KUBE_ERRORS as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            workloads = []
+            log.info("no GPUWorkload resource on this cluster (the CRD is not installed): pods only")
         for node in nodes:
             self.cache.on_node("ADDED", node)
         for pod in pods:
             self._on_pod("ADDED", pod)
-        for resource, version in ((NODES, nodes_rv), (PODS, pods_rv)):
+        for workload in workloads:
+            self._on_workload("ADDED", workload)
+        for resource, version in watched:
             watch = Watch(self.api, resource, resource_version=version,
                           timeout_seconds=self.config.watch_timeout)
             self._watches.append(watch)
@@ -454,8 +485,12 @@ class GpuScheduler:
             self.cache.on_node(event_type, obj)
         elif kind == "Pod":
             self._on_pod(event_type, obj)
+        elif kind == "GPUWorkload":
+            self._on_workload(event_type, obj)
         elif kind == "bound":
             self._bound(event_type, obj)
+        elif kind == "create-failed":
+            self._create_failed(event_type, obj)
         elif kind == "watch-failed":
             raise _Resync(f"the {event_type} watch ended")
         if self.cache.room_freed:
@@ -464,6 +499,14 @@ class GpuScheduler:
 
     def _on_pod(self, event_type: str, pod: dict) -> None:
         uid = _uid(pod)
+        key = _key(pod)
+        if event_type == "DELETED":
+            self.live_pods.pop(key, None)
+        else:
+            self.live_pods[key] = pod
+        workload = ((pod["metadata"].get("labels") or {}).get(gpuworkload.WORKLOAD_LABEL))
+        if workload:
+            self.workload_dirty.add((key[0], workload))
         if event_type != "DELETED" and self.cache.is_ours_pending(pod) and uid not in self.in_flight:
             try:
                 self.requests[uid] = request_from_item({"kind": "Pod", **pod})
@@ -481,29 +524,88 @@ class GpuScheduler:
 
     # -- deciding and binding ----------------------------------------------------------------
 
+    def _placer_for(self, policy: str) -> Placer:
+        if self.cache.stale:
+            self._placers.clear()
+        placer = self._placers.get(policy)
+        if placer is None:
+            placer = self._placers[policy] = self.cache.placer(policy, self.config.seed)
+        return placer
+
+    def _policy(self, pod: dict) -> str:
+        annotations = pod["metadata"].get("annotations") or {}
+        return annotations.get(gpuworkload.STRATEGY_ANNOTATION) or self.config.policy
+
     def _schedule(self, pool: ThreadPoolExecutor) -> None:
         uids = self.queue.ready(self.requests)
-        if not uids:
-            return
-        if self._placer is None or self.cache.stale:
-            self._placer = self.cache.placer(self.config.policy, self.config.seed)
+        done: set[str] = set()
         for uid in uids:
-            pod, request = self.queue.pods[uid], self.requests[uid]
-            decision = self._placer.decide(request)
-            if not decision.placed:
-                self.metrics.decisions.labels(result="unschedulable").inc()
-                self.metrics.unschedulable.labels(reason=_reason(decision)).inc()
-                delay = self.queue.back_off(uid)
-                pool.submit(self._report_unschedulable, pod, decision, delay)
+            if uid in done:
                 continue
-            self._placer.commit(decision)
+            gang = self._gang(uid)
+            if gang is None:  # not all members are pending yet: wait for them, no back-off
+                continue
+            done.update(gang)
+            self._place_together(gang, pool)
+        self._update_gauges()
+
+    def _gang(self, uid: str) -> list[str] | None:
+        """The uids placed together with this one: itself, or every member of its gang."""
+        annotations = self.queue.pods[uid]["metadata"].get("annotations") or {}
+        name = annotations.get(gpuworkload.GANG_ANNOTATION)
+        if not name:
+            return [uid]
+        namespace = self.queue.pods[uid]["metadata"].get("namespace")
+        members = [other for other, pod in self.queue.pods.items()
+                   if (pod["metadata"].get("annotations") or {}).get(gpuworkload.GANG_ANNOTATION) == name
+                   and pod["metadata"].get("namespace") == namespace and other in self.requests]
+        size = int(annotations.get(gpuworkload.GANG_SIZE_ANNOTATION) or 1)
+        return sorted(members, key=lambda other: self.queue.sequence[other]) if len(members) >= size else None
+
+    def _place_together(self, uids: list[str], pool: ThreadPoolExecutor) -> None:
+        """Decide every pod of `uids`; bind them all, or (one does not fit) none."""
+        placed: list[tuple[str, Decision]] = []
+        for uid in uids:
+            pod = self.queue.pods[uid]
+            policy = self._policy(pod)
+            placer = self._placer_for(policy)
+            decision = placer.decide(self.requests[uid])
+            if not decision.placed:
+                self._refuse(uids, uid, decision, pool, trial_committed=bool(placed))
+                return
+            placer.commit(decision)
+            # The other policies' snapshots do not hold this commit: rebuild them when used.
+            self._placers = {policy: placer}
+            placed.append((uid, decision))
+        for uid, decision in placed:
+            pod = self.queue.pods[uid]
             self.metrics.decisions.labels(result="placed").inc()
             self.cache.assume(pod, decision)
             self.in_flight[uid] = (time.monotonic(), self.queue.first_seen[uid])
             self.queue.remove(uid)
             self.requests.pop(uid, None)
             pool.submit(self._bind, pod, decision)
-        self._update_gauges()
+
+    def _refuse(self, uids: list[str], culprit: str, decision: Decision, pool: ThreadPoolExecutor,
+                trial_committed: bool) -> None:
+        if trial_committed:
+            self.cache.stale = True  # undo the gang's trial commits: rebuild from the model
+        summary = decision.why_not()
+        if len(uids) > 1:
+            culprit_name = self.queue.pods[culprit]["metadata"]["name"]
+            summary = f"gang of {len(uids)}: {culprit_name} does not fit ({summary})"
+        for uid in uids:
+            pod = self.queue.pods[uid]
+            self.metrics.decisions.labels(result="unschedulable").inc()
+            self.metrics.unschedulable.labels(reason=_reason(decision)).inc()
+            delay = self.queue.back_off(uid)
+            note = decision.why_not() if uid == culprit else summary
+            pool.submit(self._report_unschedulable, pod, note, delay)
+            workload = (pod["metadata"].get("labels") or {}).get(gpuworkload.WORKLOAD_LABEL)
+            if workload:
+                key = (pod["metadata"].get("namespace", "default"), workload)
+                self.workload_unschedulable[key] = summary
+                self.workload_dirty.add(key)
 
     def _bind(self, pod: dict, decision: Decision) -> None:
         meta = pod["metadata"]
@@ -534,12 +636,11 @@ class GpuScheduler:
             self.requests[uid] = request_from_item({"kind": "Pod", **pod})
             self.queue.back_off(uid)
 
-    def _report_unschedulable(self, pod: dict, decision: Decision, retry_in: float) -> None:
+    def _report_unschedulable(self, pod: dict, why_not: str, retry_in: float) -> None:
         """FailedScheduling Event and PodScheduled=False, as kube-scheduler reports them."""
         meta = pod["metadata"]
         namespace = meta.get("namespace", "default")
-        message = (f"0/{len(self.cache.nodes)} nodes are available: {decision.why_not()}; "
-                   f"retry in {retry_in:g}s")
+        message = f"0/{len(self.cache.nodes)} nodes are available: {why_not}; retry in {retry_in:g}s"
         try:
             event = pod_event(pod, "FailedScheduling", message, "Warning", self.config.identity)
             self.api.create_event(event, namespace)
@@ -552,7 +653,7 @@ class GpuScheduler:
 
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(len(self.queue))
-        placer = self._placer
+        placer = self._placers.get(self.config.policy)
         if placer is None or self.cache.stale:
             return
         fleet = placer.fleet
@@ -564,3 +665,80 @@ class GpuScheduler:
         self.metrics.gpu_allocation_ratio.set(1 - free.sum() / capacity)
         partial = free[(free > 0) & (free < MILLI_PER_GPU)].sum()
         self.metrics.gpu_partial_idle_ratio.set(partial / free.sum() if free.sum() else 0.0)
+
+    # -- GPUWorkloads ------------------------------------------------------------------------
+
+    def _on_workload(self, event_type: str, workload: dict) -> None:
+        key = _key(workload)
+        if event_type == "DELETED" or workload["metadata"].get("deletionTimestamp"):
+            self.workloads.pop(key, None)
+            self.workload_unschedulable.pop(key, None)
+            self.workload_dirty.discard(key)
+            return
+        self.workloads[key] = workload
+        self.workload_dirty.add(key)
+
+    def _reconcile_workloads(self, pool: ThreadPoolExecutor) -> None:
+        """Create the pods a workload lacks and refresh the status of those that changed."""
+        while self.workload_dirty:
+            key = self.workload_dirty.pop()
+            workload = self.workloads.get(key)
+            if workload is None:
+                continue
+            namespace = key[0]
+            try:
+                wanted = gpuworkload.pods_for(workload, self.config.scheduler_name)
+            except gpuworkload.WorkloadError as exc:
+                status = {"phase": "Invalid", "conditions": [
+                    {"type": "Placed", "status": "False", "reason": "Invalid", "message": str(exc)}]}
+                pool.submit(self._write_workload_status, workload, status)
+                continue
+            now = time.monotonic()
+            missing = [pod for pod in wanted if (namespace, pod["metadata"]["name"]) not in self.live_pods
+                       and now - self.create_failed.get((namespace, pod["metadata"]["name"]), -1e9) > 5]
+            for pod in missing:
+                self.live_pods[(namespace, pod["metadata"]["name"])] = pod  # created once
+                pool.submit(self._create_pod, namespace, pod)
+            pods = [self.live_pods[(namespace, pod["metadata"]["name"])] for pod in wanted
+                    if (namespace, pod["metadata"]["name"]) in self.live_pods]
+            status = gpuworkload.status_for(workload, [p for p in pods if p not in missing],
+                                            self.workload_unschedulable.get(key))
+            if status["placed"] >= status["replicas"]:
+                self.workload_unschedulable.pop(key, None)
+            old = workload.get("status") or {}
+            if gpuworkload.status_differs(old, status):
+                status = gpuworkload.with_transition_time(status, old)
+                workload["status"] = status  # what we wrote is what we compare with next
+                pool.submit(self._write_workload_status, workload, status)
+
+    def _create_pod(self, namespace: str, pod: dict) -> None:
+        try:
+            self.api.create_pod(namespace, pod)
+        except KUBE_ERRORS as exc:
+            if getattr(exc, "status", None) != 409:
+                self.events.put(("create-failed", describe_error(exc), pod))
+
+    def _create_failed(self, error: str, pod: dict) -> None:
+        """Creating a workload's pod failed: say so in its status, try again in a few seconds."""
+        key = _key(pod)
+        log.warning("creating pod %s/%s failed: %s", key[0], key[1], error)
+        self.live_pods.pop(key, None)
+        self.create_failed[key] = time.monotonic()
+        workload = (pod["metadata"].get("labels") or {}).get(gpuworkload.WORKLOAD_LABEL)
+        if workload:
+            self.workload_unschedulable[(key[0], workload)] = f"creating pod {key[1]} failed: {error}"
+            self.workload_dirty.add((key[0], workload))
+
+    def _write_workload_status(self, workload: dict, status: dict) -> None:
+        meta = workload["metadata"]
+        try:
+            self.api.patch(GPU_WORKLOADS, meta["name"], {"status": status}, meta.get("namespace"),
+                           subresource="status")
+        except KUBE_ERRORS as exc:
+            log.info("status of GPUWorkload %s/%s not written: %s", meta.get("namespace"), meta["name"],
+                     describe_error(exc))
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return meta.get("namespace") or "default", meta["name"]
