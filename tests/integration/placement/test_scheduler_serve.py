@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 import pytest
+from fixtures.infra_services import wait_until as wait_for
 from fixtures.kube_api import pod_object
 from gpufleet.kube.api import KubeApi
 from gpufleet.placement.serve import GpuScheduler, ServeConfig
@@ -66,13 +67,7 @@ def running(kube_api):
 
 
 def wait_until(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what)
 
 
 def pods(kube_api):
