@@ -66,6 +66,7 @@ from gpufleet.placement.model import (
     Decision,
     Request,
 )
+from gpufleet.placement.replay import policy_chain
 from gpufleet.placement.workloads import request_from_item
 
 log = logging.getLogger("gpufleet.placement.serve")
@@ -91,6 +92,8 @@ class ServeConfig:
     backoff_max: float = 60.0
     bind_workers: int = 6  # with the watches and the loop's own calls, within the client's pool
     watch_timeout: int = 300
+    # The workload mix FGD measures fragmentation against; None: the pods placed so far.
+    typical_requests: list[Request] | None = None
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -216,10 +219,11 @@ class ClusterCache:
             self.bound.pop(uid, None)
             self.stale = True
 
-    def placer(self, policy: str, seed: int) -> Placer:
+    def placer(self, policy: str, seed: int, typical: list[Request] | None = None) -> Placer:
         cluster = cluster_from(self.nodes.values(), self.bound.values())
         self.stale = False
-        return Placer(cluster, policy.split("+"), seed=seed)
+        strategies = policy_chain(policy, typical, seed) if typical else policy.split("+")
+        return Placer(cluster, strategies, seed=seed)
 
 
 def binding_annotations(decision: Decision) -> dict[str, str]:
@@ -529,7 +533,8 @@ class GpuScheduler:
             self._placers.clear()
         placer = self._placers.get(policy)
         if placer is None:
-            placer = self._placers[policy] = self.cache.placer(policy, self.config.seed)
+            placer = self._placers[policy] = self.cache.placer(policy, self.config.seed,
+                                                               self.config.typical_requests)
         return placer
 
     def _policy(self, pod: dict) -> str:
