@@ -574,8 +574,10 @@ class GpuScheduler:
             pod = self.queue.pods[uid]
             policy = self._policy(pod)
             placer = self._placer_for(policy)
-            decision = placer.decide(self.requests[uid])
+            decision = placer.decide(self.requests[uid], report=False)
             if not decision.placed:
+                # Rare: decide again, counting what each filter removed, for the event.
+                decision = placer.decide(self.requests[uid], report=True)
                 self._refuse(uids, uid, decision, pool, trial_committed=bool(placed))
                 return
             placer.commit(decision)
