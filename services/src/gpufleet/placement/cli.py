@@ -304,7 +304,7 @@ def bench_command(nodes, gpus_per_node, decisions, strategies, seed, as_json) ->
 @click.option("--scheduler-name", default="gpufleet", show_default=True,
               help="Schedule the pods whose spec.schedulerName is this.")
 @click.option("--policy", default=None,
-              help="Strategy or composite, e.g. fgd_mem+balance (default: the best measured).")
+              help="Strategy or composite, e.g. fgd+balance (default: the best measured).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the final random tie-break.")
 @click.option("--lease", default="kube-system/gpufleet-scheduler", show_default=True,
               help="NAMESPACE/NAME of the Lease that elects one leader among instances.")

@@ -72,7 +72,7 @@ from gpufleet.placement.workloads import request_from_item
 log = logging.getLogger("gpufleet.placement.serve")
 
 # The best measured policy on the openb traces (docs/placement.md).
-DEFAULT_POLICY = "fgd_mem+balance"
+DEFAULT_POLICY = "fgd_mem+model_reserve+balance"
 CONTROLLER = "gpufleet-scheduler"
 
 
