@@ -3,6 +3,17 @@
     python benchmarks/placement_replay.py                    # 10 seeds, all strategies
     python benchmarks/placement_replay.py --seeds 3 --policies fgd,best_fit
     python benchmarks/placement_replay.py --render-only      # table + plot from the saved JSON
+    python benchmarks/placement_replay.py --traces gpuspec33,gpuspec33u --seeds 5 \
+        --policies fgd,fgd_mem+balance,fgd_mem+model_reserve+balance \
+        --output benchmarks/results/placement_replay_gpuspec.json
+
+Besides the three published traces, two GPU-model-constrained traces are made
+here from `default` (nothing in the shared data asks for a GPU model): a third of
+the GPU tasks, drawn with a fixed seed, accept one model only — drawn in
+proportion to the cluster's GPUs of each model (`gpuspec33`) or uniformly over
+the models, so the rare ones are over-asked (`gpuspec33u`). They have no
+published numbers; they check that a policy does not lose to FGD when models
+are constrained (the paper's gpuspec traces are not in the shared data).
 
 Writes benchmarks/results/placement_replay.json (raw runs), prints a markdown table
 (mean ± sd over seeds) and draws docs/placement/strategies.png.
@@ -13,9 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import statistics
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from gpufleet.placement.replay import replay
@@ -24,6 +38,8 @@ from gpufleet.placement.sources import load_openb_nodes, load_openb_pods
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data/openb")
 TRACES = ("default", "gpushare40", "multigpu50")
+# name -> (base trace, share of GPU tasks given one model, how the model is drawn)
+SYNTHETIC = {"gpuspec33": ("default", 0.33, "capacity"), "gpuspec33u": ("default", 0.33, "uniform")}
 POLICIES = (
     "random",
     "round_robin",
@@ -38,6 +54,7 @@ POLICIES = (
     "fgd_mem",
     "fgd+balance",
     "fgd_mem+balance",
+    "fgd_mem+model_reserve+balance",
 )
 RESULTS = ROOT / "benchmarks" / "results" / "placement_replay.json"
 PLOT = ROOT / "docs" / "placement" / "strategies.png"
@@ -50,10 +67,30 @@ def published(data: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(row["workload"], row["policy"]): row for row in csv.DictReader(handle)}
 
 
+def with_gpu_spec(pods, cluster, share: float, draw: str, seed: int = 42):
+    """A copy of `pods` where `share` of the GPU tasks accept one GPU model only."""
+    rng = random.Random(seed)
+    gpus = Counter()
+    for node in cluster.nodes:
+        gpus[node.gpu_model] += len(node.gpus)
+    models = sorted(m for m in gpus if m)
+    weights = [gpus[m] for m in models] if draw == "capacity" else None
+    return [replace(pod, gpu_models=(rng.choices(models, weights)[0],))
+            if pod.num_gpu and not pod.gpu_models and rng.random() < share else pod for pod in pods]
+
+
+def load_trace(data: Path, trace: str):
+    if trace in SYNTHETIC:
+        base, share, draw = SYNTHETIC[trace]
+        cluster = load_openb_nodes(data / "openb_node_list_gpu_node.csv")
+        return with_gpu_spec(load_openb_pods(data / f"openb_pod_list_{base}.csv"), cluster, share, draw)
+    return load_openb_pods(data / f"openb_pod_list_{trace}.csv")
+
+
 def run(data: Path, policies, seeds: int, traces) -> list[dict]:
     runs = []
     for trace in traces:
-        pods = load_openb_pods(data / f"openb_pod_list_{trace}.csv")
+        pods = load_trace(data, trace)
         for policy in policies:
             for seed in range(seeds):
                 cluster = load_openb_nodes(data / "openb_node_list_gpu_node.csv")
@@ -92,7 +129,7 @@ def table(summary, paper) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (trace, policy), row in sorted(
-        summary.items(), key=lambda item: (TRACES.index(item[0][0]), item[0][1])
+        summary.items(), key=lambda item: ((*TRACES, *SYNTHETIC).index(item[0][0]), item[0][1])
     ):
         pub = paper.get((trace, PUBLISHED_NAME.get(policy, "")))
         pub100 = (

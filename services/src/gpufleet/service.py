@@ -1,4 +1,4 @@
-"""What every gpufleet service shares with systemd: sd_notify(3) and structured logs.
+"""What every gpufleet service shares: sd_notify(3), structured logs, the /healthz /readyz /metrics endpoint.
 
 sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET (READY=1, WATCHDOG=1, ...).
 
@@ -17,7 +17,11 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 
 def notify(message: str) -> bool:
@@ -86,3 +90,67 @@ def setup_logging(level: str = "info", style: str = "logfmt") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+# --- /healthz, /readyz, /metrics ------------------------------------------------------------
+
+http_log = logging.getLogger("gpufleet.http")
+
+
+class StatusHttpServer:
+    """/healthz, /readyz and /metrics of one service, on a thread.
+
+    `service` answers `liveness()` and `readiness()` with (ok, detail dict) and has
+    `metrics.render()` (Prometheus text): 200 when ok, 503 when not.
+    """
+
+    def __init__(self, service, address: str, port: int, name: str = "status-http"):
+        handler = type("Handler", (_Handler,), {"service": service})
+        self.server = ThreadingHTTPServer((address, port), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name=name, daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> StatusHttpServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    service = None  # set per server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.service.metrics.render(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            alive, detail = self.service.liveness()
+            self._send_json(200 if alive else 503, detail)
+        elif path == "/readyz":
+            ready, detail = self.service.readiness()
+            self._send_json(200 if ready else 503, detail)
+        else:
+            self._send_json(404, {"error": f"no such path {path}; try /healthz, /readyz, /metrics"})
+
+    def _send_json(self, status: int, data: dict) -> None:
+        self._send(status, json.dumps(data).encode() + b"\n", "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+        http_log.debug(format % args)

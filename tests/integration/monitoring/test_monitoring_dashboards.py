@@ -19,7 +19,7 @@ from gpufleet.agent.rpc import http_app
 from gpufleet.gpu.simulated import SimulatedBackend, inject
 from gpufleet.health.config import config_from_dict
 from gpufleet.health.daemon import XID, HealthAgent
-from gpufleet.health.http import AgentHttpServer
+from gpufleet.service import StatusHttpServer
 from monitoring_promql import (
     PROMETHEUS_OWN,
     alert_expressions,
@@ -64,7 +64,7 @@ def health_scrape(tmp_path):
         "http": {"address": "127.0.0.1", "port": 0},
     }
     agent = HealthAgent(config_from_dict(data, source="test"))
-    server = AgentHttpServer(agent, "127.0.0.1", 0).start()
+    server = StatusHttpServer(agent, "127.0.0.1", 0).start()
     try:
         agent.cycle()
         inject(faults, "sim-node-0", gpu=1, xid=79)

@@ -16,9 +16,8 @@ from gpufleet.gpu.simulated import inject
 from gpufleet.health.cli import health
 from gpufleet.health.config import config_from_dict
 from gpufleet.health.daemon import PERIODIC, HealthAgent
-from gpufleet.health.http import AgentHttpServer
 from gpufleet.health.severity import Severity
-from gpufleet.service import StructuredFormatter, notify, watchdog_interval
+from gpufleet.service import StatusHttpServer, StructuredFormatter, notify, watchdog_interval
 
 
 @pytest.fixture
@@ -140,7 +139,7 @@ def test_thresholds_from_the_config_reach_the_checks(make_agent):
 
 def test_http_endpoints(make_agent):
     agent = make_agent()
-    server = AgentHttpServer(agent, "127.0.0.1", 0).start()
+    server = StatusHttpServer(agent, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{server.port}"
     try:
         with pytest.raises(urllib.error.HTTPError) as not_ready:

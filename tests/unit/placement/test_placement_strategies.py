@@ -191,3 +191,33 @@ def test_fgd_mem_counts_gpus_behind_exhausted_memory_as_fragment():
     assert list(fgd_mem.node_fragment(fleet, idx)) == [1000, 0]
     with pytest.raises(ValueError, match="with_memory"):
         make("fgd_mem", typical=TypicalTasks.from_requests([ONE_GPU]))
+
+
+def _models_fleet():
+    return Fleet(cluster(node("a1"), node("a2"), node("b1", model="T4")))
+
+
+def test_model_reserve_keeps_the_constrained_model_for_its_tasks():
+    from gpufleet.placement.strategies import ModelReserve
+
+    fleet = _models_fleet()
+    idx = np.arange(fleet.size)
+    mix = [Request(name="t4-only", num_gpu=1, gpu_models=("T4",)), Request(name="any", num_gpu=1)]
+    reserve = ModelReserve(typical=mix)
+    # A task that takes any model is steered away from the T4 node the constrained task needs.
+    assert list(reserve.scores(fleet, idx, ONE_GPU)) == [100, 100, 0]
+    # A task that asks for a model, and a CPU-only task, are not steered.
+    assert set(reserve.scores(fleet, idx, Request(num_gpu=1, gpu_models=("T4",)))) == {100}
+    assert set(reserve.scores(fleet, idx, Request(cpu_milli=1000))) == {100}
+
+
+def test_model_reserve_changes_nothing_without_constrained_tasks():
+    from gpufleet.placement.strategies import ModelReserve
+
+    fleet = _models_fleet()
+    reserve = ModelReserve(typical=[Request(name="any", num_gpu=2)])
+    assert set(reserve.scores(fleet, np.arange(fleet.size), ONE_GPU)) == {100}
+    chained = Placer(fleet, ["best_fit", ModelReserve(typical=[])], seed=3)
+    plain = Placer(_models_fleet(), ["best_fit"], seed=3)
+    for _ in range(6):
+        assert chained.place(ONE_GPU).node == plain.place(ONE_GPU).node

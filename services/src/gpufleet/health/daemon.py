@@ -822,9 +822,10 @@ class HealthAgent:
 
     def serve(self, config_path: Path | str | None = None) -> None:
         """Run as the service: HTTP endpoint, signals, the loop; returns after SIGTERM/SIGINT."""
-        from gpufleet.health.http import AgentHttpServer
+        from gpufleet.service import StatusHttpServer
 
-        http = AgentHttpServer(self, self.config.http.address, self.config.http.port).start()
+        http = StatusHttpServer(self, self.config.http.address, self.config.http.port,
+                                name="health-http").start()
         log.info(
             "health agent started",
             extra=fields(

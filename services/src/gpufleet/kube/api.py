@@ -271,13 +271,20 @@ class KubeApi:
         response = self.send("GET", PODS.path(namespace, name, "log"), {"tailLines": tail_lines})
         return response.data.decode("utf-8", "replace")
 
-    def bind_pod(self, namespace: str, name: str, node: str, uid: str | None = None) -> None:
-        """POST pods/<name>/binding (what a scheduler does); 409 if the pod is bound already."""
+    def bind_pod(self, namespace: str, name: str, node: str, uid: str | None = None,
+                 annotations: dict[str, str] | None = None) -> None:
+        """POST pods/<name>/binding (what a scheduler does); 409 if the pod is bound already.
+
+        The API server copies the Binding's annotations onto the pod, so a placement
+        detail (the GPUs chosen) lands with the binding in one request.
+        """
         body: dict = {"apiVersion": "v1", "kind": "Binding",
                       "metadata": {"name": name, "namespace": namespace},
                       "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         if uid:
             body["metadata"]["uid"] = uid
+        if annotations:
+            body["metadata"]["annotations"] = dict(annotations)
         self.request("POST", PODS.path(namespace, name, "binding"), body=body)
 
     def evict_pod(self, namespace: str, name: str, grace_period: int | None = None) -> None:

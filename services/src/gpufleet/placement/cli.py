@@ -360,3 +360,207 @@ def bench_command(nodes, gpus_per_node, decisions, strategies, seed, as_json) ->
             f"{r['strategy']:16} {r['decisions_per_second']:>12} {r['warm_decisions_per_second']:>10} "
             f"{r['p99_ms']:>8} {r['placed']:>7}"
         )
+
+
+@place.command("serve")
+@kube_options
+@click.option("--scheduler-name", default="gpufleet", show_default=True,
+              help="Schedule the pods whose spec.schedulerName is this.")
+@click.option("--policy", default=None,
+              help="Strategy or composite, e.g. fgd+balance (default: the best measured).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the final random tie-break.")
+@click.option("--lease", default="kube-system/gpufleet-scheduler", show_default=True,
+              help="NAMESPACE/NAME of the Lease that elects one leader among instances.")
+@click.option("--identity", default=None, help="This instance's name in the Lease (default: HOST_PID).")
+@click.option("--http", "http_address", default="0.0.0.0:9402", show_default=True,
+              help="ADDRESS:PORT of /healthz, /readyz and /metrics.")
+@click.option("--request-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each API request may take.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"]))
+def serve_command(kubeconfig, context, scheduler_name, policy, seed, lease, identity, http_address,
+                  request_timeout, log_level, log_format) -> None:
+    """Run the live GPU scheduler: bind pending pods of --scheduler-name to nodes.
+
+    Watches pods and nodes, places each pending pod with the placement engine,
+    binds it (with `gpufleet.io/assigned-gpus`), and reports the ones that fit
+    nowhere with a FailedScheduling event. Several instances may run: the Lease
+    elects one leader, the others stand by. Stops cleanly on SIGTERM/SIGINT.
+    """
+    import signal
+    import threading
+
+    from gpufleet.kube.api import KUBE_ERRORS, KubeApi, describe_error
+    from gpufleet.placement.serve import DEFAULT_POLICY, GpuScheduler, ServeConfig
+    from gpufleet.placement.strategies import make_chain
+    from gpufleet.service import StatusHttpServer, notify, setup_logging
+
+    setup_logging(log_level, log_format)
+    lease_namespace, _, lease_name = lease.partition("/")
+    if not lease_namespace or not lease_name:
+        raise click.BadParameter("NAMESPACE/NAME, e.g. kube-system/gpufleet-scheduler", param_hint="--lease")
+    host, _, port = http_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("ADDRESS:PORT, e.g. 0.0.0.0:9402", param_hint="--http")
+    policy = policy or DEFAULT_POLICY
+    try:
+        make_chain(policy.split("+"))
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(f"unknown policy {policy!r}: {exc}", param_hint="--policy") from None
+    config = ServeConfig(scheduler_name=scheduler_name, policy=policy, seed=seed,
+                         lease_namespace=lease_namespace, lease_name=lease_name)
+    if identity:
+        config.identity = identity
+    try:
+        from gpufleet.kube.client import api_client
+
+        api = KubeApi(api_client(request_timeout=request_timeout, kubeconfig=kubeconfig, context=context))
+    except KUBE_ERRORS as exc:
+        raise click.ClickException(f"no Kubernetes API to talk to: {describe_error(exc)}") from None
+    scheduler = GpuScheduler(api, config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    http = StatusHttpServer(scheduler, host, int(port), name="scheduler-http").start()
+    notify("READY=1")
+    try:
+        scheduler.run(stop)
+    finally:
+        notify("STOPPING=1")
+        http.stop()
+
+
+def _live_api(kubeconfig, context):
+    from gpufleet.kube.api import KubeApi
+
+    return KubeApi(_api_client(kubeconfig, context))
+
+
+def _kube_failure(exc: Exception) -> click.ClickException:
+    from gpufleet.kube.api import describe_error
+
+    return click.ClickException(f"the Kubernetes API: {describe_error(exc)}")
+
+
+@place.command("status")
+@kube_options
+@click.option("--scheduler-name", default="gpufleet", show_default=True)
+@click.option("--lease", default="kube-system/gpufleet-scheduler", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(kubeconfig, context, scheduler_name, lease, as_json) -> None:
+    """The live scheduler: its leader, its pods, fenced nodes, GPU allocation, workloads."""
+    from gpufleet.kube.api import KUBE_ERRORS
+    from gpufleet.placement.live import scheduler_status
+
+    try:
+        status = scheduler_status(_live_api(kubeconfig, context), scheduler_name, lease)
+    except KUBE_ERRORS as exc:
+        raise _kube_failure(exc) from None
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    pods, nodes, gpus = status["pods"], status["nodes"], status["gpus"]
+    click.echo(f"scheduler   {status['scheduler']}  leader {status['leader'] or '(none)'}"
+               f"  renewed {status['lease_renewed'] or '-'}")
+    click.echo(f"pods        {pods['bound']} bound, {pods['pending']} pending "
+               f"({pods['unschedulable']} unschedulable)")
+    click.echo(f"nodes       {nodes['total']}, fenced: {', '.join(nodes['fenced']) or '-'}, "
+               f"cordoned: {', '.join(nodes['cordoned']) or '-'}")
+    click.echo(f"gpus        {gpus['usable']} usable ({gpus['failed']} failed), "
+               f"{100 * gpus['allocation_ratio']:.1f}% allocated")
+    workloads = status["workloads"]
+    if workloads is None:
+        summary = "(no GPUWorkload CRD)"
+    else:
+        summary = ", ".join(f"{n} {phase}" for phase, n in sorted(workloads.items())) or "none"
+    click.echo(f"workloads   {summary}")
+
+
+@place.command("workloads")
+@kube_options
+@click.option("-n", "--namespace", default=None, help="One namespace (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def workloads_command(kubeconfig, context, namespace, as_json) -> None:
+    """GPUWorkloads and where their replicas run."""
+    from gpufleet.kube.api import KUBE_ERRORS
+    from gpufleet.placement.live import workload_rows
+
+    try:
+        rows = workload_rows(_live_api(kubeconfig, context), namespace)
+    except KUBE_ERRORS as exc:
+        raise _kube_failure(exc) from None
+    if rows is None:
+        raise click.ClickException("this cluster has no GPUWorkload resource "
+                                   "(the gpu_scheduler role installs its CRD)")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NAMESPACE':16} {'NAME':24} {'PLACED':>7} {'PHASE':16} MESSAGE")
+    for row in rows:
+        click.echo(f"{row['namespace']:16} {row['name']:24} {row['placed']:>3}/{row['replicas']:<3} "
+                   f"{row['phase']:16} {row['message']}")
+
+
+@place.command("generate-template")
+@click.option("--name", default="train", show_default=True)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--replicas", type=click.IntRange(1, 10_000), default=1, show_default=True)
+@click.option("--gpus", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="Whole GPUs per replica.")
+@click.option("--gpu-milli", type=click.IntRange(1, 999), default=None, help="A share of one GPU instead.")
+@click.option("--model", "models", multiple=True, help="Accepted GPU model (repeat).")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--gang/--no-gang", default=False, show_default=True, help="All replicas at once, or none.")
+@click.option("--image", default="nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04", show_default=True)
+def generate_template_command(name, namespace, replicas, gpus, gpu_milli, models, priority, gang,
+                              image) -> None:
+    """Print a GPUWorkload manifest to edit and `kubectl apply -f`."""
+    import yaml
+
+    from gpufleet.placement.live import template
+
+    manifest = template(name, replicas, gpus, gpu_milli, image, gang, priority, models, namespace)
+    click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+@place.command("watch")
+@kube_options
+@click.option("--scheduler-name", default="gpufleet", show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=3600, show_default=True,
+              help="Stop after this long.")
+def watch_command(kubeconfig, context, scheduler_name, seconds) -> None:
+    """Follow the scheduler's pods live: bound (node, GPUs), unschedulable (why), deleted."""
+    import time
+
+    from gpufleet.kube.api import KUBE_ERRORS
+    from gpufleet.placement.live import watch_lines
+
+    try:
+        for line in watch_lines(_live_api(kubeconfig, context), scheduler_name, time.monotonic() + seconds):
+            click.echo(line)
+    except KUBE_ERRORS as exc:
+        raise _kube_failure(exc) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@place.command("strategy")
+@click.argument("name", required=False)
+def strategy_command(name) -> None:
+    """List the placement strategies, or describe one (composites join names with +)."""
+    from gpufleet.placement.serve import DEFAULT_POLICY
+    from gpufleet.placement.strategies import STRATEGIES
+
+    if name is None:
+        for key, cls in STRATEGIES.items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            click.echo(f"{key:16} {doc}")
+        click.echo(f"\nthe live scheduler's default: {DEFAULT_POLICY}")
+        return
+    unknown = [part for part in name.split("+") if part not in STRATEGIES]
+    if unknown:
+        raise click.BadParameter(f"unknown strategy {', '.join(unknown)}; one of {', '.join(STRATEGIES)}",
+                                 param_hint="NAME")
+    for part in name.split("+"):
+        click.echo(f"{part}: {(STRATEGIES[part].__doc__ or '').strip()}")

@@ -36,6 +36,10 @@ class Fleet:
             for gpu in node.gpus:
                 if gpu.health != "fail":
                     self.gpu_free[i, gpu.index] = gpu.milli_free
+        # Per node, kept current by commit(): fully free GPUs and the most milli left on one
+        # GPU, so the resources filter reads one array instead of scanning every GPU.
+        self.whole_free = (self.gpu_free >= MILLI_PER_GPU).sum(axis=1)
+        self.max_free = self.gpu_free.max(axis=1)
         self.models = sorted({node.gpu_model for node in nodes})
         model_ids = {model: k for k, model in enumerate(self.models)}
         self.model_id = np.array([model_ids[node.gpu_model] for node in nodes], dtype=np.int64)
@@ -64,9 +68,10 @@ class Fleet:
 
     def resources_mask(self, request: Request) -> np.ndarray:
         mask = (self.cpu_free >= request.cpu_milli) & (self.memory_free >= request.memory_mib)
-        if request.num_gpu:
-            fitting = (self.gpu_free >= request.gpu_milli).sum(axis=1)
-            mask &= fitting >= request.num_gpu
+        if request.num_gpu == 1:
+            mask &= self.max_free >= request.gpu_milli
+        elif request.num_gpu:  # several GPUs are always whole ones
+            mask &= self.whole_free >= request.num_gpu
         return mask
 
     # -- commit ---------------------------------------------------------------------------
@@ -79,6 +84,9 @@ class Fleet:
             self.gpu_free[node_index, gpu] -= request.gpu_milli
             if self.gpu_free[node_index, gpu] < 0:
                 raise ValueError(f"GPU {gpu} of {self.names[node_index]} over-allocated")
+        row = self.gpu_free[node_index]
+        self.whole_free[node_index] = int((row >= MILLI_PER_GPU).sum())
+        self.max_free[node_index] = int(row.max())
         self.version[node_index] += 1
         node = self.nodes[node_index]
         node.cpu_allocated += request.cpu_milli

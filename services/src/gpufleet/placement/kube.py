@@ -10,7 +10,7 @@ already carries a placement is left alone and reported unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gpufleet.kube.api import DEPLOYMENTS, JOBS, PODS, STRATEGIC_MERGE_PATCH, KubeApi
@@ -102,9 +102,18 @@ def _pod_node(pod: dict) -> str | None:
 def snapshot(api: KubeApi | Any) -> Cluster:
     """Nodes and the pods on them (running, pending or pinned) — one LIST each."""
     api = as_kube_api(api)
-    nodes = {n.name: n for n in (node_from_api(item) for item in api.list_nodes())}
+    return cluster_from(api.list_nodes(), api.list_pods())
+
+
+def cluster_from(node_objects: Iterable[dict], pod_objects: Iterable[dict]) -> Cluster:
+    """The Cluster of these nodes (API objects) with what these pods hold on them.
+
+    A pod counts on the node it is bound or pinned to, unless it has finished; its
+    GPUs are those in `gpufleet.io/assigned-gpus`, else the lowest free ones.
+    """
+    nodes = {n.name: n for n in (node_from_api(item) for item in node_objects)}
     placed = []
-    for pod in api.list_pods():
+    for pod in pod_objects:
         if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
             continue
         node = nodes.get(_pod_node(pod) or "")

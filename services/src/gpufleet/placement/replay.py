@@ -77,6 +77,8 @@ def policy_chain(policy: str, pods: list[Request], seed: int = 0) -> list[Strate
             chain.append(make(name, typical=TypicalTasks.from_requests(pods)))
         elif name == "fgd_mem":
             chain.append(make(name, typical=TypicalTasks.from_requests(pods, with_memory=True)))
+        elif name == "model_reserve":
+            chain.append(make(name, typical=list(pods)))
         else:
             chain.append(make(name, seed=seed) if name == "random" else make(name))
     return chain

@@ -183,6 +183,50 @@ class Balance(Strategy):
         return (100 * (1 - stranded)).astype(np.int64)
 
 
+class ModelReserve(Strategy):
+    """Leave GPUs of the models that model-constrained tasks need to those tasks.
+
+    A task that accepts any GPU model scores a node by how little of the
+    constrained demand its model still has to serve: demand(m) is the GPU
+    milli of the constrained tasks in the expected mix that accept model m
+    (split evenly over the models each accepts), reserve(m) = demand(m) / free
+    milli of model m; score = 100 · (1 − reserve(m) / max reserve). A task that
+    asks for models gets the same score everywhere (the gpu_model filter has
+    chosen for it), and so does everyone when no task asks for a model: then
+    this term changes nothing. Meant as a tie-break after FGD.
+    """
+
+    name = "model_reserve"
+    cacheable = False  # depends on the free capacity of every node of a model
+
+    def __init__(self, typical: list[Request] | None = None) -> None:
+        super().__init__()
+        self.typical = typical
+        self._demand: tuple[int, np.ndarray] | None = None
+
+    def _model_demand(self, fleet: Fleet) -> np.ndarray:
+        if self._demand is None or self._demand[0] != id(fleet):
+            demand = np.zeros(len(fleet.models))
+            index = {model: k for k, model in enumerate(fleet.models)}
+            for task in self.typical if self.typical is not None else fleet.typical_requests:
+                accepted = [index[m] for m in task.gpu_models if m in index]
+                for k in accepted:
+                    demand[k] += task.gpu_total_milli / len(accepted)
+            self._demand = (id(fleet), demand)
+        return self._demand[1]
+
+    def compute(self, fleet, idx, request):
+        demand = self._model_demand(fleet)
+        if request.gpu_models or not request.num_gpu or not demand.any():
+            return np.full(len(idx), 100, dtype=np.int64)
+        free = np.bincount(fleet.model_id, weights=fleet.gpu_free.sum(axis=1), minlength=len(fleet.models))
+        reserve = demand / np.maximum(free, 1.0)
+        scale = reserve[fleet.model_id[idx]].max()
+        if scale <= 0:
+            return np.full(len(idx), 100, dtype=np.int64)
+        return (100 * (1 - reserve[fleet.model_id[idx]] / scale)).astype(np.int64)
+
+
 class RoundRobin(Strategy):
     name = "round_robin"
     cacheable = False
@@ -370,6 +414,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         FragmentationGradientDescent,
         FineFragmentationGradientDescent,
         MemoryAwareFragmentationGradientDescent,
+        ModelReserve,
         Topology,
     )
 }

@@ -42,3 +42,25 @@ def test_service_directories_are_private(host):
         assert directory.is_directory
         assert directory.user == "root"
         assert directory.mode == 0o750
+
+
+def test_scheduler_without_an_api_is_alive_not_ready_and_stops_cleanly(host):
+    """gpufleet-scheduler runs sandboxed (DynamicUser, the kubeconfig as a credential)."""
+    service = host.service("gpufleet-scheduler")
+    assert service.is_running and service.is_enabled
+    healthz = json.loads(host.run_test("curl -s -w '' http://127.0.0.1:9402/healthz").stdout)
+    assert "loop_idle_seconds" in healthz
+    ready = host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9402/readyz").stdout
+    assert ready == "503"
+    detail = json.loads(host.run("curl -s http://127.0.0.1:9402/readyz").stdout)
+    assert detail["api_reachable"] is False and detail["leader"] is False
+    metrics = host.run_test("curl -s http://127.0.0.1:9402/metrics").stdout
+    assert "gpufleet_scheduler_leader 0.0" in metrics
+    user = host.run_test("ps -o user= -C gpufleet").stdout.split()
+    assert user and "root" not in user, f"runs as {user}"
+    host.run_test("systemctl stop gpufleet-scheduler")
+    result = host.run_test("systemctl show -p Result -p ExecMainStatus gpufleet-scheduler").stdout
+    assert "Result=success" in result and "ExecMainStatus=0" in result
+    log = host.run_test("journalctl -u gpufleet-scheduler --no-pager -o cat").stdout
+    assert "Traceback" not in log
+    host.run_test("systemctl start gpufleet-scheduler")
