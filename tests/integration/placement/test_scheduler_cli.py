@@ -12,7 +12,7 @@ from fixtures.infra_services import wait_until as wait_for
 from fixtures.kube_api import pod_object
 from gpufleet.kube.api import KubeApi
 from gpufleet.placement.cli import place
-from gpufleet.placement.serve import GpuScheduler, ServeConfig
+from gpufleet.placement.serve import DEFAULT_POLICY, GpuScheduler, ServeConfig
 
 pytestmark = [pytest.mark.integration]
 
@@ -88,7 +88,7 @@ def test_errors_are_one_line_not_tracebacks(kube_api):
     assert gone.exit_code == 0
     bad = CliRunner().invoke(place, ["strategy", "fgd+nope"])
     assert bad.exit_code == 2 and "unknown strategy nope" in bad.output
-    assert "fgd_mem+balance" in run("strategy").output
+    assert f"default: {DEFAULT_POLICY}" in run("strategy").output
     unreachable = CliRunner().invoke(place, ["status", "--kubeconfig", str(write_unreachable(kube_api))])
     assert unreachable.exit_code == 1 and "the Kubernetes API" in unreachable.output
     assert "Traceback" not in unreachable.output

@@ -135,6 +135,8 @@ class Random(Strategy):
 
 
 class LeastUtilized(Strategy):
+    """Spread: the node with the most CPU and GPU left after placing (kube-scheduler LeastAllocated)."""
+
     name = "least_utilized"
 
     def compute(self, fleet, idx, request):
@@ -143,6 +145,8 @@ class LeastUtilized(Strategy):
 
 
 class Binpack(Strategy):
+    """Pack: the node with the most CPU and GPU already used after placing."""
+
     name = "binpack"
 
     def compute(self, fleet, idx, request):
@@ -153,6 +157,8 @@ class Binpack(Strategy):
 
 
 class BestFit(Strategy):
+    """The FGD paper's BestFit: the least CPU and GPU left after placing, normalised over the candidates."""
+
     name = "best_fit"
     normalize = True
 
@@ -228,6 +234,8 @@ class ModelReserve(Strategy):
 
 
 class RoundRobin(Strategy):
+    """The first feasible node at or after a cursor (node name order) that moves past each choice."""
+
     name = "round_robin"
     cacheable = False
 
@@ -271,6 +279,8 @@ class Priority(Strategy):
 
 
 class FragmentationGradientDescent(Strategy):
+    """FGD (Weng et al., ATC'23): the node whose GPU fragmentation grows least for the expected task mix."""
+
     name = "fgd"
     own_gpu_rule = True
     scale = 100.0  # score = trunc(scale · sigmoid(−ΔF/1000))
@@ -389,6 +399,8 @@ class MemoryAwareFragmentationGradientDescent(FragmentationGradientDescent):
 
 
 class Topology(Strategy):
+    """NVLink: multi-GPU tasks on the best-connected free set, single GPUs where they break no set."""
+
     name = "topology"
     own_gpu_rule = True
 
