@@ -7,6 +7,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from fixtures.infra_services import free_port_range
 from gpufleet.agent.config import parse_config
 from gpufleet.agent.core import Agent
 from gpufleet.agent.resources import GpuDevice, SlotCapacity
@@ -18,25 +19,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_port_range(size: int) -> tuple[int, int]:
-    """A run of ports nobody listens on now (randomised so parallel runs rarely collide)."""
-    # Below the host's ephemeral range: the agent refuses a pool inside it.
-    from gpufleet.agent.config import ephemeral_port_range
-
-    ceiling = min(40000, (ephemeral_port_range() or (40000, 0))[0]) - size
-    for _ in range(50):
-        low = 20000 + secrets.randbelow(ceiling - 20000)
-        ok = True
-        for port in range(low, low + size):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return low, low + size - 1
-    raise RuntimeError("no free port range")
 
 
 def make_config(tmp_path: Path, *, etcd=None, redis=None, heartbeat=20.0, ports=20, namespace="test",

@@ -12,6 +12,7 @@ import urllib.request
 import aiohttp
 import pytest
 from aiohttp import web
+from fixtures.infra_services import free_port_range
 from gpufleet.agent.config import parse_config
 from gpufleet.agent.core import Agent
 from gpufleet.agent.resources import GpuDevice, SlotCapacity
@@ -78,7 +79,7 @@ def health_scrape(tmp_path):
 @pytest.fixture
 async def agent_scrape(tmp_path):
     """/metrics (:6003 app) of a kernel agent holding one kernel on a GPU, GPUs read through gpufleet.gpu."""
-    low = free_port()
+    low, _ = free_port_range(1)
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(24))
     os.chmod(token, 0o600)
