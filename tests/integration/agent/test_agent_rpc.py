@@ -313,3 +313,38 @@ async def test_cli_is_a_callosum_client(served, tmp_path):
         "--manager-keypair", str(tmp_path / "other" / "other.key_secret"),
         "--agent-public-key", str(keys["agent_public"]), "ping"]))
     assert result.exit_code == 1 and "CURVE key refused" in result.output
+
+
+async def test_sync_kernel_registry_leaves_kernels_being_created_alone(served):
+    """Issue 14 item 6: a sync that overlaps a create must not terminate the kernel being created."""
+    agent, client = served
+    gate = asyncio.Event()
+    real_create = agent.backend.create
+
+    async def slow_create(spec):
+        await gate.wait()
+        return await real_create(spec)
+
+    agent.backend.create = slow_create
+    sid, kid = str(uuid.uuid4()), str(uuid.uuid4())
+    creating = asyncio.ensure_future(client.call("create_kernels", sid, [kid], [kernel_config()], SINGLE_NODE))
+    for _ in range(200):
+        if agent.registry.get(kid) is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert agent.registry.get(kid).status == "creating"
+    # The manager does not list it yet (and a restart-style reconcile runs too): both leave it alone.
+    await client.call("sync_kernel_registry", [])
+    await client.call("sync_kernel_registry", [(kid, sid)])
+    await agent.reconcile()
+    assert agent.registry.get(kid) is not None and not events(agent, "kernel_terminated")
+    gate.set()
+    [info] = await asyncio.wait_for(creating, 30)
+    assert info["id"] == kid and agent.registry.get(kid).status == "running"
+    # Once running, a sync from a manager that does not know it destroys it without events,
+    # and a kernel the manager knows but we do not is reported terminated.
+    ghost = str(uuid.uuid4())
+    await client.call("sync_kernel_registry", [(ghost, sid)])
+    assert agent.registry.get(kid) is None
+    assert [args[:3] for args in events(agent, "kernel_terminated")] == [
+        (ghost, sid, KernelLifecycleEventReason.ALREADY_TERMINATED)]
