@@ -128,7 +128,8 @@ class RawClient:
 scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=True)
            | st.text(max_size=40) | st.binary(max_size=40) | st.uuids().map(str)
            | st.sampled_from(["query", "batch", "continue", "input", "../etc/passwd", "nl\n", "0" * 36]))
-ext_values = st.builds(msgpack.ExtType, st.sampled_from([1, 2, 3, 4, 5, 6, 16, 17, 99]), st.binary(max_size=48))
+ext_values = st.builds(msgpack.ExtType, st.sampled_from([1, 2, 3, 4, 5, 6, 16, 17, 99]),
+                       st.binary(max_size=48))
 values = st.recursive(scalars | ext_values,
                       lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
                                                                                  max_size=5),
@@ -154,8 +155,8 @@ def test_fuzzed_requests_are_answered_and_the_agent_survives(agent_process, meth
     assert msgtype in (2, 3), msgtype  # RESULT or FAILURE, never a callosum ERROR or silence
     if msgtype == 3:
         name = msgpack.unpackb(data["meta"])[0]
-        assert name in ("InvalidRequest", "InvalidArgument", "UnknownMethod", "KernelNotFound", "NotSupported",
-                        "Conflict", "Forbidden", "AgentBusy"), name
+        assert name in ("InvalidRequest", "InvalidArgument", "UnknownMethod", "KernelNotFound",
+                        "NotSupported", "Conflict", "Forbidden", "AgentBusy"), name
     assert agent_process["process"].poll() is None
 
 
@@ -181,7 +182,8 @@ def test_connection_flood_then_an_authenticated_create_succeeds(agent_process):
             try:
                 sock.connect(("127.0.0.1", port))
                 if index % 2:
-                    sock.send(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f")  # half a ZMTP greeting, then silence
+                    # half a ZMTP greeting, then silence
+                    sock.send(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f")
             except OSError:
                 sock.close()
                 continue
@@ -192,7 +194,8 @@ def test_connection_flood_then_an_authenticated_create_succeeds(agent_process):
             async with AgentRPCClient(agent_process["address"], client_auth_for(agent_process["tmp"]),
                                       timeout=60) as client:
                 sid = kid = str(uuid.uuid4())
-                config = {"image": {"canonical": "python"}, "resource_slots": {"cpu": "1", "mem": "268435456"}}
+                config = {"image": {"canonical": "python"},
+                          "resource_slots": {"cpu": "1", "mem": "268435456"}}
                 await client.call("create_kernels", sid, [kid], [config], {"mode": "single-node"})
                 result = await client.call("execute", sid, kid, 2, "r1", "query", "print(6*7)", {}, 10.0)
                 await client.call("destroy_kernel", kid, sid)

@@ -327,7 +327,8 @@ async def test_sync_kernel_registry_leaves_kernels_being_created_alone(served):
 
     agent.backend.create = slow_create
     sid, kid = str(uuid.uuid4()), str(uuid.uuid4())
-    creating = asyncio.ensure_future(client.call("create_kernels", sid, [kid], [kernel_config()], SINGLE_NODE))
+    creating = asyncio.ensure_future(
+        client.call("create_kernels", sid, [kid], [kernel_config()], SINGLE_NODE))
     for _ in range(200):
         if agent.registry.get(kid) is not None:
             break
