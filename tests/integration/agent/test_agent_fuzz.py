@@ -156,7 +156,7 @@ def test_fuzzed_requests_are_answered_and_the_agent_survives(agent_process, meth
     if msgtype == 3:
         name = msgpack.unpackb(data["meta"])[0]
         assert name in ("InvalidRequest", "InvalidArgument", "UnknownMethod", "KernelNotFound",
-                        "NotSupported", "Conflict", "Forbidden", "AgentBusy"), name
+                        "NotSupported", "Conflict", "Forbidden", "AgentBusy", "KernelStartFailed"), name
     assert agent_process["process"].poll() is None
 
 

@@ -14,6 +14,7 @@ import zmq
 import zmq.asyncio
 from agent_helpers import capacity, client_auth_for, make_config, rpc_address, rpc_keys
 from click.testing import CliRunner
+from gpufleet.agent.backends.base import BackendError
 from gpufleet.agent.cli import agent as agent_cli
 from gpufleet.agent.client import AgentRPCClient, AgentUnreachable, RpcCallError, client_auth
 from gpufleet.agent.core import Agent
@@ -349,3 +350,20 @@ async def test_sync_kernel_registry_leaves_kernels_being_created_alone(served):
     assert agent.registry.get(kid) is None
     assert [args[:3] for args in events(agent, "kernel_terminated")] == [
         (ghost, sid, KernelLifecycleEventReason.ALREADY_TERMINATED)]
+
+
+async def test_a_kernel_that_fails_to_start_is_a_named_error_and_a_terminated_event(served, caplog):
+    agent, client = served
+
+    async def broken_create(spec):
+        raise BackendError("kernel exited before its runner came up: ImportError: no module named x")
+
+    agent.backend.create = broken_create
+    sid, kid = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(RpcCallError) as answer:
+        await client.call("create_kernels", sid, [kid], [kernel_config()], SINGLE_NODE)
+    assert answer.value.name == "KernelStartFailed" and "ImportError" in answer.value.message
+    reason = KernelLifecycleEventReason.FAILED_TO_START
+    assert events(agent, "kernel_terminated")[-1][:3] == (kid, sid, reason)
+    assert len(agent.registry) == 0 and agent.allocator.used()["cpu"] == 0
+    assert "Traceback" not in caplog.text

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gpufleet.agent import events as ev
+from gpufleet.agent.backends.base import BackendError
 from gpufleet.agent.core import Agent, KernelNotFound, KernelStateError
 from gpufleet.agent.protocol.codec import BinarySize, ClusterMode, KernelLifecycleEventReason
 from gpufleet.agent.protocol.server import InvalidRequest, RPCFault
@@ -60,6 +61,10 @@ class Conflict(RPCFault):
 
 class Forbidden(RPCFault):
     name = "Forbidden"
+
+
+class KernelStartFailed(RPCFault):
+    name = "KernelStartFailed"
 
 
 # --- argument checks -------------------------------------------------------------------------
@@ -207,6 +212,9 @@ class AgentFunctions:
                 raise KernelNotFoundFault(str(exc)) from None
             except (ResourceError, KernelStateError) as exc:
                 raise Conflict(str(exc)) from None
+            except BackendError as exc:
+                # The backend could not start or reach the kernel; the message carries its own log lines.
+                raise KernelStartFailed(str(exc)) from None
             except PermissionError as exc:
                 raise Forbidden(str(exc)) from None
             except FileNotFoundError as exc:
@@ -517,12 +525,13 @@ class AgentFunctions:
         result = await self.agent.list_files(kid, path or ".")
         files = []
         for entry in result["files"]:
-            kind = stat.S_IFDIR if entry.get("type") == "dir" else stat.S_IFREG
+            kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(entry.get("type"), stat.S_IFREG)
             mode = int(str(entry.get("mode", "0o644")).replace("0o", ""), 8)
             mtime = entry.get("mtime", 0.0)
             files.append({"mode": stat.filemode(kind | mode), "size": entry.get("size", 0), "ctime": mtime,
                           "mtime": mtime, "atime": mtime, "filename": entry.get("name")})
-        return {"files": json.dumps(files), "errors": "", "abspath": path}
+        errors = "listing truncated" if result.get("truncated") else ""
+        return {"files": json.dumps(files), "errors": errors, "abspath": path}
 
 
 # 23.09's 27 functions, plus `health` (asked by newer clients).
