@@ -98,6 +98,12 @@ async def test_lifecycle_with_the_managers_argument_shapes(served):
     batch = await client.call("execute", sid, kid, 2, "run-2", "batch", "", {"exec": "echo out; exit 3"}, 2.0)
     assert batch["status"] == "finished" and batch["exitCode"] == 3
     assert batch["console"] == (("stdout", "out\n"),)
+    # The client's defaults: build "*" (the image's own procedure; none here) is skipped.
+    batch = await client.call("execute", sid, kid, 2, "run-2b", "batch", "",
+                              {"clean": "*", "build": "*", "exec": "exit 4"}, 2.0)
+    assert batch["exitCode"] == 4
+    with pytest.raises(RpcCallError, match="NotSupported"):
+        await client.call("execute", sid, kid, 2, "run-2c", "batch", "", {"exec": "*"}, 2.0)
     # A run longer than flush_timeout answers "continued" and is followed with mode "continue".
     slow = await client.call("execute", sid, kid, 2, "run-3", "query", "import time\ntime.sleep(1)\nprint(1)",
                              {}, 0.2)
@@ -105,7 +111,7 @@ async def test_lifecycle_with_the_managers_argument_shapes(served):
     while slow["status"] == "continued":
         slow = await client.call("execute", sid, kid, 2, "run-3", "continue", "", {}, 0.5)
     assert slow["status"] == "finished" and slow["console"] == (("stdout", "1\n"),)
-    assert [args for args in events(agent, "execution_finished")] == [(sid,)] * 3
+    assert [args for args in events(agent, "execution_finished")] == [(sid,)] * 4
 
     await client.call("upload_file", kid, "data/in.txt", b"hello")
     listing = await client.call("list_files", kid, "data")

@@ -445,12 +445,19 @@ class AgentFunctions:
 
     @staticmethod
     def _batch_command(code: str, opts: dict[str, Any]) -> str:
-        """23.09 batch mode runs opts['build'] then opts['exec'] (shell commands); code is unused."""
+        """23.09 batch mode runs opts['build'] then opts['exec'] (shell commands); code is unused.
+
+        Backend.AI's "*" asks the kernel image's own default procedure and "-" skips a step:
+        there is no image-defined build here, so both skip `build`; `exec` must be explicit.
+        """
         parts = []
         for step in ("build", "exec"):
             command = opts.get(step)
-            if command is None or command == "":
+            if command is None or command in ("", "-") or (step == "build" and command == "*"):
                 continue
+            if command == "*":
+                raise NotSupported("execute: batch exec '*' (the image's default command) is not supported; "
+                                   "give the command")
             parts.append(str_arg(f"opts.{step}", command, MAX_TEXT))
         if not parts and code:
             parts.append(code)  # convenience for `gpufleet agent call exec --mode batch`
