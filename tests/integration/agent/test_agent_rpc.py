@@ -125,6 +125,14 @@ async def test_lifecycle_with_the_managers_argument_shapes(served):
     assert "runner ready" in (await client.call("get_logs", kid))["logs"]
     assert (await client.call("ping_kernel", kid))["rtt"] >= 0
     assert await client.call("get_commit_status", kid, "") == {"kernel": kid, "status": "ready"}
+    # Service apps and commits are declined the way 23.09 declines them (docs: compatibility table).
+    service = await client.call("start_service", kid, "jupyter", {})
+    assert service["status"] == "failed" and "not supported" in service["error"]
+    assert await client.call("shutdown_service", kid, "jupyter") is None
+    commit = await client.call("commit", kid, "user@example.com", "snapshot.tar")
+    assert commit["kernel"] == kid and uuid.UUID(commit["bgtask_id"])
+    assert events(agent, "bgtask_failed") == [(commit["bgtask_id"], events(agent, "bgtask_failed")[0][1])]
+    assert "not supported" in events(agent, "bgtask_failed")[0][1]
 
     port = await client.call("assign_port")
     assert agent.ports.owners()[port] == "agent:assigned"

@@ -38,6 +38,7 @@ HEARTBEAT = "agent_heartbeat"
 # Backend.AI 23.09's Redis databases (ai.backend.common.defs).
 REDIS_STAT_DB = 0
 REDIS_STREAM_DB = 4
+BGTASK_ARCHIVE_SECONDS = 86400  # 23.09's MAX_BGTASK_ARCHIVE_PERIOD
 
 
 # --- Backend.AI 23.09 events: (name, serialize() tuple) ----------------------------------------
@@ -70,6 +71,11 @@ def kernel_termination(name: str, kernel_id: str, session_id: str, reason: str |
     """kernel_terminating, kernel_terminated: the reason is Backend.AI's enum, the exit code an int."""
     return name, (str(kernel_id), str(session_id), KernelLifecycleEventReason.lookup(reason),
                   -1 if exit_code is None else int(exit_code))
+
+
+def bgtask_done(name: str, task_id: str, message: str | None) -> tuple[str, tuple]:
+    """bgtask_done, bgtask_cancelled, bgtask_failed."""
+    return name, (str(task_id), message)
 
 
 def execution(name: str, session_id: str) -> tuple[str, tuple]:
@@ -161,6 +167,20 @@ class EventPublisher:
         except (RedisError, OSError) as exc:
             self.connected, self.last_error = False, str(exc)
             return False
+
+    async def finish_bgtask(self, task_id: str, status: str, message: str) -> None:
+        """A background task that ended at once, as 23.09's BackgroundTaskManager records one: the
+        `bgtask.<id>` hash in the stream database (what the manager's SSE endpoint reads), then the event."""
+        if self._redis is not None:
+            now = str(time.time())
+            try:
+                await self._redis.hset(f"bgtask.{task_id}", mapping={
+                    "status": status, "current": "0", "total": "0", "msg": message,
+                    "started_at": now, "last_update": now})
+                await self._redis.expire(f"bgtask.{task_id}", BGTASK_ARCHIVE_SECONDS)
+            except (RedisError, OSError) as exc:
+                self.connected, self.last_error = False, str(exc)
+        self.emit(bgtask_done(f"bgtask_{status}", task_id, message))
 
     async def flush(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout

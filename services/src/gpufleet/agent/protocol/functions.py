@@ -481,15 +481,17 @@ class AgentFunctions:
     # --- services and commits (not provided) -----------------------------------------------
 
     async def start_service(self, kernel_id: Any, service: Any, opts: Any) -> dict[str, Any]:
+        """As 23.09 answers an app it cannot start (the manager's API turns it into a clear error)."""
         self._kernel(kernel_id)
-        str_arg("service", service, 64)
+        name = str_arg("service", service, 64)
         map_arg("opts", opts)
-        raise NotSupported("start_service: in-kernel service apps are not supported")
+        return {"status": "failed",
+                "error": f"{name}: in-kernel service apps are not supported by this agent"}
 
     async def shutdown_service(self, kernel_id: Any, service: Any) -> None:
+        # Nothing can be running (start_service never starts one); 23.09 answers none as well.
         self._kernel(kernel_id)
         str_arg("service", service, 64)
-        raise NotSupported("shutdown_service: in-kernel service apps are not supported")
 
     async def get_commit_status(self, kernel_id: Any, subdir: Any) -> dict[str, Any]:
         kid = self._kernel(kernel_id)
@@ -497,9 +499,14 @@ class AgentFunctions:
         return {"kernel": kid, "status": "ready"}
 
     async def commit(self, kernel_id: Any, subdir: Any, filename: Any = None) -> dict[str, Any]:
-        self._kernel(kernel_id)
-        str_arg("subdir", subdir, 1024)
-        raise NotSupported("commit: kernels are not containers that can be committed to an image")
+        """As 23.09: a background task id; here the task fails at once (bgtask_failed, with why)."""
+        kid = self._kernel(kernel_id)
+        subdir = str_arg("subdir", subdir, 1024)
+        name = "" if filename is None else str_arg("filename", filename, 1024)
+        task_id = str(uuid.uuid4())
+        await self.agent.events.finish_bgtask(
+            task_id, "failed", "commit is not supported: kernels are not containers that can become an image")
+        return {"bgtask_id": task_id, "kernel": kid, "path": f"{subdir}/{name}" if name else subdir}
 
     # --- files ------------------------------------------------------------------------------
 
