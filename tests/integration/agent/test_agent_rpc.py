@@ -381,3 +381,18 @@ async def test_a_kernel_that_fails_to_start_is_a_named_error_and_a_terminated_ev
     assert events(agent, "kernel_terminated")[-1][:3] == (kid, sid, reason)
     assert len(agent.registry) == 0 and agent.allocator.used()["cpu"] == 0
     assert "Traceback" not in caplog.text
+
+
+async def test_restart_kernel_is_silent_to_the_manager_and_gives_a_fresh_kernel(served):
+    agent, client = served
+    sid, kid, info = await create(client)
+    await client.call("execute", sid, kid, 2, "a", "query", "x = 1", {}, 5.0)
+    restarted = await client.call("restart_kernel", sid, kid, {})
+    # The keys 23.09's manager updates its kernel row from.
+    assert {"container_id", "repl_in_port", "repl_out_port", "stdin_port", "stdout_port"} <= set(restarted)
+    assert restarted["container_id"] != info["container_id"]
+    # As 23.09: no terminating/terminated/started events for a restart (the session stays RUNNING).
+    assert [n for n, _, _ in agent.events.buffer if n.startswith("kernel_")] == [
+        "kernel_preparing", "kernel_creating", "kernel_started"]
+    result = await client.call("execute", sid, kid, 2, "b", "query", "print('x' in dir())", {}, 5.0)
+    assert result["console"] == (("stdout", "False\n"),)
