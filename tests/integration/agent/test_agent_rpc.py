@@ -396,3 +396,23 @@ async def test_restart_kernel_is_silent_to_the_manager_and_gives_a_fresh_kernel(
         "kernel_preparing", "kernel_creating", "kernel_started"]
     result = await client.call("execute", sid, kid, 2, "b", "query", "print('x' in dir())", {}, 5.0)
     assert result["console"] == (("stdout", "False\n"),)
+
+
+async def test_calls_past_the_concurrency_bound_are_busy_and_past_the_deadline_are_answered(tmp_path):
+    instance, listeners = await start_agent(tmp_path, rpc={"max-concurrency": 2, "call-timeout": 1.5})
+    try:
+        auth = client_auth_for(tmp_path)
+        async with AgentRPCClient(rpc_address(instance.config), auth, timeout=30) as client:
+            sid, kid, _ = await create(client)
+            slow = "import time\ntime.sleep(1)"
+            calls = [client.call("execute", sid, kid, 2, f"r{i}", "query", slow, {}, 10.0) for i in range(2)]
+            outcomes = await asyncio.gather(*calls, client.call("ping", "third"), return_exceptions=True)
+            busy = [o for o in outcomes if isinstance(o, RpcCallError) and o.name == "AgentBusy"]
+            assert len(busy) == 1, outcomes
+            # A call that outlives call-timeout is answered DeadlineExceeded; the server carries on.
+            with pytest.raises(RpcCallError, match="DeadlineExceeded"):
+                await client.call("execute", sid, kid, 2, "long", "query", "time.sleep(5)", {}, 10.0)
+            assert await client.call("ping", "after") == "after"
+    finally:
+        await listeners.close()
+        await instance.stop(destroy_kernels=True)
