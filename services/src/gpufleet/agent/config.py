@@ -8,7 +8,6 @@ so a bad file is fixed in one look. Adding a key is one line in its section.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,8 +36,7 @@ from gpufleet.config_model import (
 )
 from gpufleet.config_model import size as _size
 
-__all__ = ["AgentConfig", "ConfigError", "HostPort", "load_config", "parse_config", "parse_size",
-           "read_token"]
+__all__ = ["AgentConfig", "ConfigError", "HostPort", "load_config", "parse_config", "parse_size"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpufleet/agent.toml")
 BACKENDS = ("local", "kubernetes")
@@ -109,6 +107,9 @@ class EtcdConfig(Section):
 class AgentSection(Section):
     id: Text = ""  # "" = the host name
     rpc_listen_addr: ListenAddr = HostPort("0.0.0.0", 6001)  # noqa: S104
+    # CURVE keys, named as in Backend.AI 23.09's agent.toml (ZeroMQ certificate files).
+    rpc_auth_agent_keypair: PathText = Path("/etc/gpufleet/rpc-keys/agent.key_secret")
+    rpc_auth_manager_public_key: PathText = Path("/etc/gpufleet/rpc-keys/manager.key")
     advertised_host: Text = ""
     backend: Choice(*BACKENDS) = "local"
     region: Text = "local"
@@ -180,9 +181,12 @@ class DebugConfig(Section):
 
 
 class RpcConfig(Section):
-    token_file: PathText = Path("/etc/gpufleet/agent.token")
-    max_request_bytes: Integer(1024) = 1 << 20
-    # Tests and labs may run as a normal user; production insists on root-only.
+    # CURVE authentication (on by default; off only when set false explicitly).
+    curve_auth: Flag = True
+    max_request_bytes: Integer(1024) = 16 << 20
+    max_concurrency: Integer(1) = 64
+    call_timeout: Number(0.1) = 900.0
+    # Tests and labs may run as a normal user; production insists on a root-owned agent keypair.
     require_root_owner: Flag = True
 
 
@@ -284,21 +288,3 @@ def load_config(path: str | os.PathLike = DEFAULT_CONFIG_PATH) -> AgentConfig:
         return parse_config(data, source=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def read_token(rpc: RpcConfig) -> str:
-    """The RPC token; the file must be readable by its owner only (0600 or stricter)."""
-    key = "[rpc] token-file"
-    try:
-        info = os.stat(rpc.token_file)
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: {rpc.token_file} does not exist") from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(f"{key}: {rpc.token_file} has mode {stat.S_IMODE(info.st_mode):04o};"
-                          " it must be 0600 (owner only)")
-    if rpc.require_root_owner and info.st_uid != 0:
-        raise ConfigError(f"{key}: {rpc.token_file} must be owned by root")
-    token = Path(rpc.token_file).read_text().strip()
-    if len(token) < 16:
-        raise ConfigError(f"{key}: the token in {rpc.token_file} is shorter than 16 characters")
-    return token
