@@ -14,6 +14,7 @@ import pytest
 from agent_helpers import make_config
 from gpufleet.agent.backends.kubernetes import KubernetesBackend, pod_manifest
 from gpufleet.agent.core import Agent
+from gpufleet.agent.protocol.codec import KernelLifecycleEventReason
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "gpufleet-kernels"
@@ -258,7 +259,7 @@ async def test_a_pod_that_ends_is_reported_from_the_watch(k8s_config, kube_api):
             assert asyncio.get_running_loop().time() < deadline, "the exit was not noticed"
             await asyncio.sleep(0.05)
         terminated = [a for n, a, _ in agent.events.buffer if n == "kernel_terminated"]
-        assert terminated[-1]["reason"] == "self-terminated" and terminated[-1]["exit_code"] == 3
+        assert terminated[-1][2:] == (KernelLifecycleEventReason.SELF_TERMINATED, 3)  # Backend.AI's enum
     finally:
         await kubelet.stop()
         await agent.stop(destroy_kernels=True)

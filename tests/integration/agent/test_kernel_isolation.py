@@ -240,8 +240,7 @@ async def test_rename_race_against_upload_download_list(root_agent):
 async def test_reserved_environment_keys_are_refused(root_agent):
     agent = root_agent
     keys = sorted(RESERVED_ENV_KEYS) + ["NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
-                                        "NVIDIA_REQUIRE_CUDA", "NVIDIA_MIG_CONFIG_DEVICES",
-                                        "BACKENDAI_KERNEL_ID", "BACKENDAI_SESSION_ID", "GPUFLEET_RUNNER"]
+                                        "NVIDIA_REQUIRE_CUDA", "NVIDIA_MIG_CONFIG_DEVICES", "GPUFLEET_RUNNER"]
     for key in keys:
         with pytest.raises(InvalidKernelRequest, match=rf"^environ: {key} is reserved"):
             await agent.create_kernel(gpus=0, environ={key: "0,1,2,3"})
@@ -256,10 +255,13 @@ async def test_reserved_environment_keys_are_refused(root_agent):
             await agent.create_kernel(environ=bad)
     assert len(agent.registry) == 0 and agent.allocator.used()["cuda.device"] == 0
     assert not [n for n, _, _ in agent.events.buffer if n.startswith("kernel_")]  # nothing was started
-    # A kernel given no GPU sees none, whatever it does with its own environment.
-    record = await agent.create_kernel(gpus=0, environ={"MY_SETTING": "1"})
-    out = await run(agent, record.kernel_id, 'echo "[$CUDA_VISIBLE_DEVICES][$MY_SETTING]"')
-    assert out["stdout"] == "[][1]\n"
+    # A kernel given no GPU sees none, whatever it does with its own environment. The ids a
+    # Backend.AI manager sends are the agent's to set: a request's values for them lose.
+    record = await agent.create_kernel(gpus=0, environ={"MY_SETTING": "1", "BACKENDAI_KERNEL_ID": "other",
+                                                        "BACKENDAI_ACCESS_KEY": "AKIA"})
+    probe = 'echo "[$CUDA_VISIBLE_DEVICES][$MY_SETTING][$BACKENDAI_KERNEL_ID][$BACKENDAI_ACCESS_KEY]"'
+    out = await run(agent, record.kernel_id, probe)
+    assert out["stdout"] == f"[][1][{record.kernel_id}][AKIA]\n"
 
 
 async def test_hostile_file_requests_get_clear_errors(root_agent):

@@ -55,7 +55,10 @@ PORT_ATTEMPTS = 3
 RESERVED_ENV_KEYS = frozenset({
     "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
 })
-RESERVED_ENV_PREFIXES = ("NVIDIA_", "BACKENDAI_", "GPUFLEET_")
+RESERVED_ENV_PREFIXES = ("NVIDIA_", "GPUFLEET_")
+# Set by the agent for every kernel. A Backend.AI manager sends them (and other BACKENDAI_*
+# keys, which pass through) in every create request: the agent's values win, nothing is refused.
+AGENT_ENV_KEYS = ("BACKENDAI_KERNEL_ID", "BACKENDAI_SESSION_ID", "BACKENDAI_AGENT_ID")
 ENV_KEY_MAX = 256
 ENV_VALUE_MAX = 32768
 # platform.machine() -> Backend.AI's architecture names (ai.backend.agent.utils.get_arch_name).
@@ -506,11 +509,11 @@ class Agent:
                             record.kernel_id, taken[0], record.ports[0], attempt + 1, PORT_ATTEMPTS)
 
     def _kernel_environ(self, record: KernelRecord) -> dict[str, str]:
-        env = {"BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
-               "BACKENDAI_AGENT_ID": self.id,
-               "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in record.allocation.get("gpus", []))}
-        env.update(record.environ)
-        return env
+        # The request's environment first: what the agent sets from the allocation wins.
+        return {**record.environ,
+                "BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
+                "BACKENDAI_AGENT_ID": self.id,
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in record.allocation.get("gpus", []))}
 
     async def _release(self, record: KernelRecord, *, reason: str, exit_code: int | None,
                        error: str | None = None, suppress_events: bool = False) -> None:

@@ -68,17 +68,17 @@ def gpu_device_paths(gpus: list[int]) -> list[str]:
 
 def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
     gpus = record.allocation.get("gpus", [])
-    env = {
+    defaults = {
         "HOME": str(workdir),
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
-        # An empty value hides every GPU: a kernel sees exactly the ones it was given.
-        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
-        "BACKENDAI_KERNEL_ID": record.kernel_id,
-        "BACKENDAI_SESSION_ID": record.session_id,
     }
-    env.update(record.environ)
-    return env
+    # The request's environment over the defaults; what the agent sets from the allocation wins.
+    return {**defaults, **record.environ,
+            # An empty value hides every GPU: a kernel sees exactly the ones it was given.
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+            "BACKENDAI_KERNEL_ID": record.kernel_id,
+            "BACKENDAI_SESSION_ID": record.session_id}
 
 
 def runner_argv(python: str, runner: Path, port: int, token_file: Path, workdir: Path,
