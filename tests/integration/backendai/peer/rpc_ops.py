@@ -26,6 +26,7 @@ import secrets
 import sys
 import time
 import uuid
+import zlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,10 @@ def read_events(redis_addr: str, password: str | None, source: str | None, since
                 event = cls.deserialize(msgpack.unpackb(fields[b"args"]))
                 entry["class"] = cls.__name__
                 entry["event"] = to_json(event)
+                if name == "agent_heartbeat":
+                    # as the manager's handle_heartbeat reads them
+                    images = msgpack.unpackb(zlib.decompress(event.agent_info["images"]))
+                    entry["images"] = to_json(images)
             except Exception as exc:
                 entry["error"] = f"{cls.__name__}.deserialize failed: {exc!r}"
         decoded.append(entry)
@@ -302,6 +307,7 @@ async def scenario(args) -> dict:
         out["unknown_function"] = await m.call("no_such_function", 1, 2)
         out["ping_after_unknown"] = await m.call("ping", "still there")
         out["shutdown_agent"] = await m.call("shutdown_agent", False)
+        out["called"] = sorted({entry["name"] for entry in m.log})
     out["events"] = read_events(args.redis, args.redis_password, args.agent_id)
     return out
 

@@ -1,0 +1,136 @@
+"""End to end with a real Backend.AI 23.09 manager: the gpufleet agent joins it, the manager's
+API runs a session on it (backend.ai-client 23.9.x), and the agent survives a restart.
+
+The manager follows the agent's events (heartbeat, kernel_started, kernel_terminated), so
+every assertion here is about what the manager and its client see, never the agent's word.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from decimal import Decimal
+
+import pytest
+from fixtures.backendai import run_peer
+
+ALIVE_TIMEOUT = 90  # heartbeats every 3 s; the manager registers the agent on the first
+
+
+def list_agents(manager, status="ALIVE"):
+    return run_peer("client_ops.py", "agents", "--status", status, env=manager.client_env())["agents"]
+
+
+def wait_alive(manager, agent_id, timeout=ALIVE_TIMEOUT):
+    """The manager's view of the agent once it lists it ALIVE."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        seen = list_agents(manager, "ALIVE")
+        for agent in seen:
+            if agent["id"] == agent_id:
+                return agent
+        time.sleep(1)
+    raise AssertionError(f"agent {agent_id} not ALIVE in the manager after {timeout}s; ALIVE: {seen}\n"
+                         f"manager log:\n{manager.log_tail(3000)}")
+
+
+def wait_not_alive(manager, agent_id, timeout=ALIVE_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(agent["id"] != agent_id for agent in list_agents(manager, "ALIVE")):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the manager still lists agent {agent_id} ALIVE {timeout}s after it stopped")
+
+
+def host_memory_bytes() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no MemTotal in /proc/meminfo")
+
+
+def kernel_rows(manager, session_id):
+    rows = manager.postgres.psql(
+        f"SELECT id, status, agent, status_info FROM kernels WHERE session_id = '{session_id}'")
+    fields = ("id", "status", "agent", "status_info")
+    return [dict(zip(fields, row.split("|", 3), strict=True)) for row in rows.splitlines()]
+
+
+def wait_kernel_status(manager, session_id, status, timeout=120):
+    deadline = time.monotonic() + timeout
+    rows = []
+    while time.monotonic() < deadline:
+        rows = kernel_rows(manager, session_id)
+        if rows and all(row["status"] == status for row in rows):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"kernels of {session_id} not {status} after {timeout}s: {rows}\n"
+                         f"manager log:\n{manager.log_tail(3000)}")
+
+
+@pytest.fixture(scope="module")
+def alive_agent(backendai_manager, gpufleet_agent):
+    return wait_alive(backendai_manager, gpufleet_agent.agent_id)
+
+
+def test_the_agent_appears_alive_with_its_slots(backendai_manager, gpufleet_agent, alive_agent):
+    assert alive_agent["status"] == "ALIVE"
+    assert alive_agent["scaling_group"] == backendai_manager.scaling_group
+    assert alive_agent["architecture"] == backendai_manager.architecture
+    assert alive_agent["addr"] == gpufleet_agent.rpc_addr
+    slots = {k: Decimal(v) for k, v in _json(alive_agent["available_slots"]).items()}
+    assert slots["cpu"] == Decimal(str(os.cpu_count() - gpufleet_agent.reserved_cpu))
+    assert slots["mem"] == host_memory_bytes() - gpufleet_agent.reserved_mem
+    assert slots["cuda.device"] == gpufleet_agent.gpus
+    assert all(v == 0 for v in _json(alive_agent["occupied_slots"]).values())
+
+
+def test_a_session_runs_through_the_managers_api(backendai_manager, gpufleet_agent, alive_agent):
+    env = backendai_manager.client_env()
+    created = run_peer("client_ops.py", "create", backendai_manager.image_alias, env=env)
+    assert created["status"] == "RUNNING"
+    rows = kernel_rows(backendai_manager, created["session_id"])
+    assert [row["agent"] for row in rows] == [gpufleet_agent.agent_id]
+    assert [row["status"] for row in rows] == ["RUNNING"]
+
+    executed = run_peer("client_ops.py", "execute", created["name"], "print(6*7)", env=env)
+    assert executed["status"] == "finished"
+    assert executed["stdout"].strip() == "42"
+
+    batch = run_peer("client_ops.py", "batch", created["name"], "exit 3", env=env)
+    assert batch["status"] == "finished"
+    assert batch["exit_code"] == 3
+
+    run_peer("client_ops.py", "destroy", created["name"], env=env)
+    rows = wait_kernel_status(backendai_manager, created["session_id"], "TERMINATED")
+    assert rows[0]["agent"] == gpufleet_agent.agent_id
+
+
+def test_an_agent_restarted_mid_session_is_alive_again_and_its_kernel_answers(
+        backendai_manager, gpufleet_agent, alive_agent):
+    env = backendai_manager.client_env()
+    created = run_peer("client_ops.py", "create", backendai_manager.image_alias, env=env)
+    assert created["status"] == "RUNNING"
+    wait_alive(backendai_manager, gpufleet_agent.agent_id)
+
+    gpufleet_agent.stop()
+    # The manager must notice (AgentTerminated on a clean stop, or LOST after its heartbeat
+    # timeout) before "ALIVE again" means anything.
+    wait_not_alive(backendai_manager, gpufleet_agent.agent_id)
+    gpufleet_agent.start()
+    wait_alive(backendai_manager, gpufleet_agent.agent_id)
+    executed = run_peer("client_ops.py", "execute", created["name"], "print(6*7)", env=env)
+    assert executed["stdout"].strip() == "42", executed
+    assert [row["status"] for row in kernel_rows(backendai_manager, created["session_id"])] == ["RUNNING"]
+
+    run_peer("client_ops.py", "destroy", created["name"], env=env)
+    wait_kernel_status(backendai_manager, created["session_id"], "TERMINATED")
+
+
+def _json(value):
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
