@@ -1,7 +1,7 @@
 """Backend.AI 23.09 as the other side: the manager harness lives in tests/fixtures/backendai.py."""
 
 import pytest
-from fixtures.backendai import backendai_manager  # noqa: F401  (session fixture)
+from fixtures.backendai import backendai_manager, gpufleet_agent  # noqa: F401  (fixtures)
 
 
 def pytest_collection_modifyitems(items):

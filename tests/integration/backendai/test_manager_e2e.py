@@ -12,27 +12,17 @@ import time
 from decimal import Decimal
 
 import pytest
-from fixtures.backendai import run_peer
+from fixtures.backendai import manager_agents, run_peer, wait_agent_alive
 
 ALIVE_TIMEOUT = 90  # heartbeats every 3 s; the manager registers the agent on the first
 
 
 def list_agents(manager, status="ALIVE"):
-    return run_peer("client_ops.py", "agents", "--status", status, env=manager.client_env())["agents"]
+    return manager_agents(manager, status)
 
 
 def wait_alive(manager, agent_id, timeout=ALIVE_TIMEOUT):
-    """The manager's view of the agent once it lists it ALIVE."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        seen = list_agents(manager, "ALIVE")
-        for agent in seen:
-            if agent["id"] == agent_id:
-                return agent
-        time.sleep(1)
-    raise AssertionError(f"agent {agent_id} not ALIVE in the manager after {timeout}s; ALIVE: {seen}\n"
-                         f"manager log:\n{manager.log_tail(3000)}")
+    return wait_agent_alive(manager, agent_id, timeout)
 
 
 def wait_not_alive(manager, agent_id, timeout=ALIVE_TIMEOUT):

@@ -9,7 +9,7 @@ The manager's endpoint and keypair come from BACKEND_* environment variables, as
   execute NAME CODE                             run code in query mode until finished
   batch NAME COMMAND                            run a batch command until finished
   destroy NAME                                  destroy the session
-  roundtrip IMAGE CODE                          create -> execute -> destroy, timed (benchmarks)
+  bench IMAGE [--sessions N] [--executes M]      timings for benchmarks/agent_latency_manager.py
 """
 
 from __future__ import annotations
@@ -103,11 +103,32 @@ async def destroy(name: str) -> dict:
         return {"name": name, "result": result}
 
 
-async def roundtrip(image: str, code: str, timeout: float) -> dict:
-    created = await create(image, None, timeout)
-    executed = await execute(created["name"], code, timeout)
-    await destroy(created["name"])
-    return {**created, **{k: executed[k] for k in ("stdout", "exit_code", "execute_seconds")}}
+async def bench(image: str, sessions: int, executes: int, timeout: float) -> dict:
+    """Timings through the manager, in one client process: create -> RUNNING per session
+    (status polled every 50 ms), then execute round trips (query until finished)."""
+    create_s, execute_s, destroy_s = [], [], []
+    async with AsyncSession() as api:
+        for _ in range(sessions):
+            name = "bench-" + secrets.token_hex(4)
+            started = time.monotonic()
+            await api.ComputeSession.get_or_create(image, name=name, enqueue_only=True,
+                                                   resources={"cpu": 1, "mem": "256m"})
+            deadline = started + timeout
+            while (await api.ComputeSession(name).get_info()).get("status") != "RUNNING":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"session {name} not RUNNING after {timeout}s")
+                await asyncio.sleep(0.05)
+            create_s.append(time.monotonic() - started)
+            for _ in range(executes):
+                started = time.monotonic()
+                out = await run_until_finished(api, name, "query", "print(6*7)", None, timeout)
+                if out["stdout"].strip() != "42":
+                    raise RuntimeError(f"execute returned {out['stdout']!r}")
+                execute_s.append(time.monotonic() - started)
+            started = time.monotonic()
+            await api.ComputeSession(name).destroy()
+            destroy_s.append(time.monotonic() - started)
+    return {"create_to_running_s": create_s, "execute_roundtrip_s": execute_s, "destroy_call_s": destroy_s}
 
 
 def main() -> int:
@@ -126,9 +147,10 @@ def main() -> int:
         p.add_argument("--timeout", type=float, default=120)
     p = sub.add_parser("destroy")
     p.add_argument("name")
-    p = sub.add_parser("roundtrip")
+    p = sub.add_parser("bench")
     p.add_argument("image")
-    p.add_argument("code")
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--executes", type=int, default=20)
     p.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
     calls = {
@@ -137,7 +159,7 @@ def main() -> int:
         "execute": lambda: execute(args.name, args.code, args.timeout),
         "batch": lambda: batch(args.name, args.shell_command, args.timeout),
         "destroy": lambda: destroy(args.name),
-        "roundtrip": lambda: roundtrip(args.image, args.code, args.timeout),
+        "bench": lambda: bench(args.image, args.sessions, args.executes, args.timeout),
     }
     try:
         result = asyncio.run(calls[args.command]())

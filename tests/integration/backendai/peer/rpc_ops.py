@@ -169,10 +169,22 @@ def read_events(redis_addr: str, password: str | None, source: str | None, since
     return decoded
 
 
-async def wait_event(args, name: str, kernel_id: str, timeout: float) -> dict | None:
+def last_event_id(args) -> str:
+    """The stream position now, so a later wait only sees events after it."""
+    import redis
+
+    host, port = args.redis.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port), password=args.redis_password or None, db=REDIS_STREAM_DB,
+                         socket_timeout=10, socket_connect_timeout=5)
+    last = client.xrevrange("events", count=1)
+    client.close()
+    return "(" + last[0][0].decode() if last else "-"
+
+
+async def wait_event(args, name: str, kernel_id: str, timeout: float, since: str = "-") -> dict | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for entry in read_events(args.redis, args.redis_password, args.agent_id):
+        for entry in read_events(args.redis, args.redis_password, args.agent_id, since):
             if entry["name"] == name and entry.get("event", {}).get("kernel_id") == kernel_id:
                 return entry
         await asyncio.sleep(0.2)
@@ -289,9 +301,11 @@ async def scenario(args) -> dict:
         out["restart_kernel"] = await m.call("restart_kernel", session_id, kernel_id, {},
                                              timeout=args.timeout)
         out["execute_after_restart"] = await run_code(m, session_id, kernel_id, "query", "print(6*7)", {})
+        since = last_event_id(args)  # restart_kernel terminated this kernel once already
         out["destroy_kernel"] = await m.call("destroy_kernel", kernel_id, session_id,
                                              KernelLifecycleEventReason.USER_REQUESTED, timeout=args.timeout)
-        out["kernel_terminated_event"] = await wait_event(args, "kernel_terminated", kernel_id, args.timeout)
+        out["kernel_terminated_event"] = await wait_event(args, "kernel_terminated", kernel_id, args.timeout,
+                                                          since)
         out["destroy_local_network"] = await m.call("destroy_local_network", network)
         # reset_agent destroys every kernel: start a second one for it to destroy.
         second = str(uuid.uuid4())
