@@ -1,7 +1,9 @@
-"""Kernel agent latency: create→ready and execute round-trip (local backend), and 50 concurrent kernels.
+"""Kernel agent latency over Backend.AI's RPC: create→ready and execute round trip, and N concurrent kernels.
 
 Starts a real `gpufleet agent run` (local backend; subprocess mode when systemd
-is not PID 1) on loopback ports and drives it over its RPC like a client would.
+is not PID 1) on loopback ports, with CURVE keys made for the run, and drives it
+as a Backend.AI 23.09 manager does: callosum over ZeroMQ, one connection,
+`create_kernels` / `execute` / `destroy_kernel` with the manager's argument shapes.
 
     python benchmarks/agent_latency.py [--creates 30] [--executes 200] [--concurrent 50] [--json]
 
@@ -11,6 +13,7 @@ Targets (issue 8): create→ready p50 <= 300 ms, execute round-trip p50 <= 20 ms
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -22,10 +25,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from pathlib import Path
 
-from gpufleet.agent.client import AgentClient
+from gpufleet.agent.client import AgentRPCClient, client_auth
+from gpufleet.agent.protocol.keys import create_keypair
 
 
 def free_port() -> int:
@@ -46,13 +50,12 @@ def summary(values: list[float]) -> dict[str, float]:
             "min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2)}
 
 
-def start_agent(workdir: Path, port_count: int) -> tuple[subprocess.Popen, str, str]:
-    token = secrets.token_hex(24)
-    token_file = workdir / "token"
-    token_file.write_text(token)
-    os.chmod(token_file, 0o600)
+def start_agent(workdir: Path, port_count: int) -> tuple[subprocess.Popen, str]:
+    create_keypair(workdir / "keys", "agent")
+    create_keypair(workdir / "keys", "manager")
     rpc, http = free_port(), free_port()
-    low = 40000 + secrets.randbelow(10000)
+    # Below the ephemeral range (32768-60999 here): the agent's own outbound connections never take them.
+    low = 20000 + secrets.randbelow(8000)
     (workdir / "agent.toml").write_text(f"""
 [etcd]
 enabled = false
@@ -61,7 +64,10 @@ addr = "127.0.0.1:1"
 [agent]
 id = "bench"
 rpc-listen-addr = "127.0.0.1:{rpc}"
+advertised-host = "127.0.0.1"
 state-dir = "{workdir / 'state'}"
+rpc-auth-agent-keypair = "{workdir / 'keys' / 'agent.key_secret'}"
+rpc-auth-manager-public-key = "{workdir / 'keys' / 'manager.key'}"
 [container]
 port-range = "{low}-{low + port_count}"
 scratch-root = "{workdir / 'scratch'}"
@@ -70,7 +76,6 @@ kernel-uid = "agent"
 reserved-cpu = 0
 reserved-mem = 0
 [rpc]
-token-file = "{token_file}"
 require-root-owner = false
 [http]
 addr = "127.0.0.1:{http}"
@@ -89,19 +94,76 @@ addr = "127.0.0.1:{http}"
     else:
         proc.kill()
         raise SystemExit(f"agent did not start; see {workdir / 'agent.log'}")
-    return proc, f"127.0.0.1:{rpc}", token
+    return proc, f"127.0.0.1:{rpc}"
 
 
-KERNEL = {"cpu": 0.02, "mem": 64 << 20}
+KERNEL = {"image": {"canonical": "cr.backend.ai/stable/python:3.11-ubuntu22.04", "labels": {}},
+          "resource_slots": {"cpu": "0.02", "mem": str(64 << 20)}, "environ": {}}
+CLUSTER = {"mode": "single-node", "size": 1, "replicas": {"main": 1}}
 
 
-def create(client: AgentClient) -> tuple[str, float]:
+async def create(client: AgentRPCClient) -> tuple[str, float]:
+    kid = str(uuid.uuid4())
     started = time.perf_counter()
-    result = client.call("create_kernels", kernels=[KERNEL])["kernels"][0]
-    elapsed = time.perf_counter() - started
-    if result["status"] != "running":
-        raise RuntimeError(result.get("error"))
-    return result["kernel_id"], elapsed
+    await client.call("create_kernels", kid, [kid], [KERNEL], CLUSTER)
+    return kid, time.perf_counter() - started
+
+
+async def execute(client: AgentRPCClient, kid: str, code: str) -> dict:
+    result = await client.call("execute", kid, kid, 2, uuid.uuid4().hex, "query", code, {}, 30.0)
+    if result["status"] != "finished" or result["exitCode"] != 0:
+        raise RuntimeError(result)
+    return result
+
+
+async def measure(address: str, auth, args) -> dict[str, object]:
+    results: dict[str, object] = {"cpus": os.cpu_count()}
+    async with AgentRPCClient(address, auth, timeout=300) as client:
+        # create -> ready (create_kernels returns once the runner answers), then destroy
+        create_times = []
+        for _ in range(args.creates):
+            kid, elapsed = await create(client)
+            create_times.append(elapsed)
+            await client.call("destroy_kernel", kid, kid)
+        results["create_ready"] = summary(create_times)
+
+        # execute round trip: client -> agent RPC -> runner -> back
+        kid, _ = await create(client)
+        await execute(client, kid, "x = 0")
+        exec_times = []
+        out = None
+        for _ in range(args.executes):
+            started = time.perf_counter()
+            out = await execute(client, kid, "x += 1\nx")
+            exec_times.append(time.perf_counter() - started)
+        assert out is not None and out["console"][0][1].strip() == str(args.executes)
+        results["execute_roundtrip"] = summary(exec_times)
+        await client.call("destroy_kernel", kid, kid)
+
+        # N kernels created at once, each executes once, all destroyed
+        started = time.perf_counter()
+        created = await asyncio.gather(*(create(client) for _ in range(args.concurrent)))
+        wall_create = time.perf_counter() - started
+
+        async def run(kid: str) -> float:
+            t0 = time.perf_counter()
+            await execute(client, kid, "import os\nos.getpid()")
+            return time.perf_counter() - t0
+
+        started = time.perf_counter()
+        concurrent_exec = await asyncio.gather(*(run(kid) for kid, _ in created))
+        wall_exec = time.perf_counter() - started
+        started = time.perf_counter()
+        await asyncio.gather(*(client.call("destroy_kernel", kid, kid) for kid, _ in created))
+        wall_destroy = time.perf_counter() - started
+        health = await client.call("health")
+        results["concurrent"] = {
+            "kernels": args.concurrent,
+            "create_wall_s": round(wall_create, 3), "create": summary([t for _, t in created]),
+            "execute_wall_s": round(wall_exec, 3), "execute": summary(list(concurrent_exec)),
+            "destroy_wall_s": round(wall_destroy, 3), "kernels_left": health["kernels"],
+        }
+    return results
 
 
 def main() -> int:
@@ -113,56 +175,10 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="gpufleet-agent-bench-"))
-    proc, address, token = start_agent(workdir, port_count=max(args.concurrent, 10) + 10)
-    client = AgentClient(address, token, timeout=120)
-    results: dict[str, object] = {"cpus": os.cpu_count()}
+    proc, address = start_agent(workdir, port_count=max(args.concurrent, 10) + 10)
+    auth = client_auth(workdir / "keys" / "manager.key_secret", workdir / "keys" / "agent.key")
     try:
-        # create -> ready (the RPC returns once the runner answers), then destroy
-        create_times = []
-        for _ in range(args.creates):
-            kid, elapsed = create(client)
-            create_times.append(elapsed)
-            client.call("destroy_kernel", kernel_id=kid)
-        results["create_ready"] = summary(create_times)
-
-        # execute round-trip: client -> agent RPC -> runner -> back
-        kid, _ = create(client)
-        client.call("execute", kernel_id=kid, code="x = 0")
-        exec_times = []
-        for _ in range(args.executes):
-            started = time.perf_counter()
-            out = client.call("execute", kernel_id=kid, code="x += 1\nx")
-            exec_times.append(time.perf_counter() - started)
-        assert out["stdout"].strip() == str(args.executes)
-        results["execute_roundtrip"] = summary(exec_times)
-        client.call("destroy_kernel", kernel_id=kid)
-
-        # N kernels created at once, each executes once, all destroyed
-        with ThreadPoolExecutor(args.concurrent) as pool:
-            started = time.perf_counter()
-            created = list(pool.map(lambda _: create(client), range(args.concurrent)))
-            wall_create = time.perf_counter() - started
-
-            def run(kid: str) -> float:
-                t0 = time.perf_counter()
-                result = client.call("execute", kernel_id=kid, code="import os\nos.getpid()")
-                if result["exit_code"] != 0:
-                    raise RuntimeError(result)
-                return time.perf_counter() - t0
-
-            started = time.perf_counter()
-            concurrent_exec = list(pool.map(run, [kid for kid, _ in created]))
-            wall_exec = time.perf_counter() - started
-            started = time.perf_counter()
-            list(pool.map(lambda item: client.call("destroy_kernel", kernel_id=item[0]), created))
-            wall_destroy = time.perf_counter() - started
-        health = client.call("health")
-        results["concurrent"] = {
-            "kernels": args.concurrent,
-            "create_wall_s": round(wall_create, 3), "create": summary([t for _, t in created]),
-            "execute_wall_s": round(wall_exec, 3), "execute": summary(concurrent_exec),
-            "destroy_wall_s": round(wall_destroy, 3), "kernels_left": health["kernels"],
-        }
+        results = asyncio.run(measure(address, auth, args))
     finally:
         proc.terminate()
         proc.wait(15)

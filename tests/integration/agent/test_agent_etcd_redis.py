@@ -1,15 +1,16 @@
 """Registration in a real etcd and events in a real Redis, including their restarts."""
 
 import asyncio
-import json
 import time
 import uuid
+import zlib
 
 import etcd3gw
 import pytest
 import redis
 from agent_helpers import capacity, make_config
 from gpufleet.agent.core import Agent
+from gpufleet.agent.protocol.codec import KernelLifecycleEventReason, unpackb
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,15 @@ def etcd(etcd_server):
 
 @pytest.fixture
 def rds(redis_server):
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password)
+    """Backend.AI 23.09's stream database (4); its stat database (0) is `rds_stat`."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password, db=4)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def rds_stat(redis_server):
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password, db=0)
     yield client
     client.close()
 
@@ -42,10 +51,11 @@ def stream_events(rds, source):
     except redis.ConnectionError:
         return []
     events = []
-    for _, fields in entries:
-        fields = {k.decode(): v.decode() for k, v in fields.items()}
-        if fields["source"] == source:
-            events.append((fields["name"], json.loads(fields["args"]), float(fields["time"])))
+    for entry_id, fields in entries:
+        # As 23.09's EventDispatcher reads them: name and source as text, args msgpack.
+        if fields[b"source"].decode() == source:
+            stamp = int(entry_id.split(b"-")[0]) / 1000  # the stream id's milliseconds
+            events.append((fields[b"name"].decode(), unpackb(fields[b"args"]), stamp))
     return events
 
 
@@ -84,7 +94,7 @@ async def test_registration_waits_for_a_manager_and_takes_redis_from_etcd(
     assert etcd_get(etcd, prefix + "nodes/agents/agent-reg") == "terminated"
 
 
-async def test_heartbeats_at_the_interval_and_kernel_events_in_order(tmp_path, redis_server, rds):
+async def test_heartbeats_at_the_interval_and_kernel_events_in_order(tmp_path, redis_server, rds, rds_stat):
     config = make_config(tmp_path, redis=redis_server, id="agent-hb", heartbeat=0.4)
     agent = Agent(config, capacity=capacity(2))
     await agent.start()
@@ -93,23 +103,29 @@ async def test_heartbeats_at_the_interval_and_kernel_events_in_order(tmp_path, r
         await agent.destroy_kernel(record.kernel_id)
         await asyncio.sleep(2.1)
         events = stream_events(rds, "agent-hb")
-        stats = json.loads(rds.get("gpufleet.agent.agent-hb.stats"))
-        ttl_ms = rds.pttl("gpufleet.agent.agent-hb.stats")
+        stats = unpackb(rds_stat.get("agent-hb"))
+        ttl_ms = rds_stat.pttl("agent-hb")
     finally:
         await agent.stop(destroy_kernels=True)
     heartbeats = [(args, t) for name, args, t in events if name == "agent_heartbeat"]
     assert 4 <= len(heartbeats) <= 7, len(heartbeats)
     gaps = [b[1] - a[1] for a, b in zip(heartbeats, heartbeats[1:], strict=False)]
     assert all(0.3 <= gap <= 0.8 for gap in gaps), gaps
-    beat = heartbeats[-1][0]
-    assert beat["id"] == "agent-hb" and beat["region"] == "local" and beat["scaling_group"] == "default"
-    assert beat["resource_slots"]["cuda.device"] == "2" and beat["resource_slot_types"]["mem"] == "bytes"
-    assert beat["version"] and beat["architecture"] and beat["addr"].startswith("tcp://")
-    kernel_events = [(n, a) for n, a, _ in events if a.get("kernel_id") == record.kernel_id]
+    (beat,) = heartbeats[-1][0]  # AgentHeartbeatEvent.serialize() == (agent_info,)
+    assert beat["region"] == "local" and beat["scaling_group"] == "default"
+    assert beat["resource_slots"]["cuda.device"] == ("count", "2")
+    assert beat["resource_slots"]["mem"] == ("bytes", str(64 << 30))
+    assert beat["version"] and beat["architecture"] == "x86_64" and beat["addr"].startswith("tcp://")
+    assert beat["public_key"] is None and beat["public_host"] == agent.host_ip  # no RPC server in this test
+    assert set(beat["compute_plugins"]) == {"cpu", "mem", "cuda"}
+    assert unpackb(zlib.decompress(beat["images"])) == ((config.agent.kernel_image, ""),)
+    assert beat["auto_terminate_abusing_kernel"] is False
+    kernel_events = [(n, a) for n, a, _ in events if n.startswith("kernel_") and a[0] == record.kernel_id]
     assert [n for n, _ in kernel_events] == [
-        "kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminated"]
-    assert kernel_events[-1][1]["reason"] == "user-requested" and kernel_events[-1][1]["exit_code"] == 0
-    assert stats["capacity"]["cuda.device"] == 2
+        "kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminating", "kernel_terminated"]
+    assert kernel_events[-1][1][2:] == (KernelLifecycleEventReason.USER_REQUESTED, 0)
+    assert kernel_events[2][1][3]["resource_spec"]["allocations"]["cuda"] == {"cuda.device": {"0": "1"}}
+    assert stats["node"]["mem"]["capacity"] == str(64 << 30)
     assert 0 < ttl_ms <= 1200  # stats expire after 3 heartbeat intervals
 
 
@@ -129,8 +145,10 @@ async def test_redis_restart_buffers_events_and_delivers_them(tmp_path, redis_se
         assert agent.health()["status"] == "ok" and agent.health()["redis"] == "disconnected"
         redis_server.start()
         await wait_for(lambda: not agent.events.buffer, timeout=15, what="buffer drained")
-        names = [n for n, a, _ in stream_events(rds, "agent-redis") if a.get("kernel_id") == record.kernel_id]
-        assert names == ["kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminated"]
+        names = [n for n, a, _ in stream_events(rds, "agent-redis")
+                 if n.startswith("kernel_") and a[0] == record.kernel_id]
+        assert names == ["kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminating",
+                         "kernel_terminated"]
     finally:
         if redis_server.process is None:
             redis_server.start()
@@ -156,7 +174,7 @@ async def test_etcd_restart_the_agent_keeps_serving_and_re_registers(
         etcd.delete(key)
         await wait_for(lambda: etcd_get(etcd, key) == "running", timeout=20, what="re-registered")
         assert agent.etcd_status == "running"
-        await wait_for(lambda: any(n == "agent_error" and a["message"].startswith("etcd unavailable")
+        await wait_for(lambda: any(n == "agent_error" and a[0].startswith("etcd unavailable")
                                    for n, a, _ in stream_events(rds, "agent-etcd")), what="agent_error sent")
     finally:
         if etcd_server.process is None:

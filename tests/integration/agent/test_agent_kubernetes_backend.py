@@ -131,7 +131,7 @@ async def test_pod_never_ready_times_out_and_cleans_up(k8s_config, kube_api):
         assert kube_api.list_objects("services", NAMESPACE) == []
         assert agent.allocator.used()["cuda.device"] == 0 and agent.ports.free_count() == agent.ports.size
         terminated = [a for n, a, _ in agent.events.buffer if n == "kernel_terminated"]
-        assert terminated[-1]["reason"] == "failed-to-start"
+        assert terminated[-1][2] == "failed-to-start"  # (kernel, session, reason enum, exit code)
     finally:
         await kubelet.stop()
         await agent.stop(destroy_kernels=True)

@@ -13,6 +13,7 @@ from agent_helpers import capacity, event_names, make_config
 from gpufleet.agent.backends.base import BackendError
 from gpufleet.agent.backends.local import LocalBackend
 from gpufleet.agent.core import Agent, KernelNotFound, KernelStateError
+from gpufleet.agent.protocol.codec import KernelLifecycleEventReason
 from gpufleet.agent.resources import ResourceError
 
 pytestmark = pytest.mark.integration
@@ -68,9 +69,9 @@ async def test_create_execute_batch_interrupt_destroy(agent):
     assert agent.ports.free_count() == agent.ports.size
     names = event_names(agent)
     assert [n for n in names if n.startswith("kernel_")] == [
-        "kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminated"]
+        "kernel_preparing", "kernel_creating", "kernel_started", "kernel_terminating", "kernel_terminated"]
     terminated = [args for name, args, _ in agent.events.buffer if name == "kernel_terminated"][0]
-    assert terminated == {"kernel_id": kid, "session_id": kid, "reason": "user-requested", "exit_code": 0}
+    assert terminated == (kid, kid, KernelLifecycleEventReason.USER_REQUESTED, 0)
     with pytest.raises(KernelNotFound):
         await agent.execute(kid, "query", "1")
 
@@ -85,7 +86,7 @@ async def test_kernel_that_exits_by_itself_is_reported_and_freed(agent):
         await asyncio.sleep(0.05)
     assert agent.registry.get(record.kernel_id) is None
     terminated = [args for name, args, _ in agent.events.buffer if name == "kernel_terminated"][-1]
-    assert (terminated["reason"], terminated["exit_code"]) == ("self-terminated", 7)
+    assert terminated[2:] == (KernelLifecycleEventReason.SELF_TERMINATED, 7)
     assert agent.allocator.used()["cuda.device"] == 0 and agent.ports.free_count() == agent.ports.size
 
 
@@ -96,7 +97,7 @@ async def test_overcommit_is_refused_and_leaves_nothing_behind(agent):
     assert len(agent.registry) == 1 and agent.ports.free_count() == agent.ports.size - 1
     refused = [(n, a) for n, a, _ in agent.events.buffer][-2:]
     assert [n for n, _ in refused] == ["kernel_preparing", "kernel_terminated"]
-    assert refused[1][1]["reason"] == "insufficient-resources"
+    assert refused[1][1][2] == KernelLifecycleEventReason.FAILED_TO_CREATE
 
 
 async def test_restart_gives_a_fresh_namespace_with_the_same_resources(agent):
@@ -126,8 +127,8 @@ async def test_agent_restart_adopts_live_kernels_and_reports_dead_ones(tmp_path)
         assert second.registry.get(survivor.kernel_id) is not None
         assert second.registry.get(doomed.kernel_id) is None
         terminated = [a for n, a, _ in second.events.buffer if n == "kernel_terminated"]
-        assert terminated == [{"kernel_id": doomed.kernel_id, "session_id": doomed.kernel_id,
-                               "reason": "agent-restart-lost", "exit_code": None}]
+        assert terminated == [(doomed.kernel_id, doomed.kernel_id,
+                               KernelLifecycleEventReason.TERMINATED_UNKNOWN_CONTAINER, -1)]
         # the adopted kernel kept its state, its GPU and its port
         assert (await second.execute(survivor.kernel_id, "query", "kept"))["stdout"] == "'yes'\n"
         assert second.allocator.used()["cuda.device"] == 1
@@ -214,5 +215,5 @@ async def test_100_cycles_with_injected_failures_leak_nothing(agent):
     assert list(agent.config.container.scratch_root.iterdir()) == []
     assert not [pid for pid in pids if pid_alive(pid)]
     failures = [a for n, a, _ in agent.events.buffer
-                if n == "kernel_terminated" and a["reason"] != "user-requested"]
-    assert failures and all(a["reason"] == "failed-to-start" for a in failures)
+                if n == "kernel_terminated" and a[2] != KernelLifecycleEventReason.USER_REQUESTED]
+    assert failures and all(a[2] == KernelLifecycleEventReason.FAILED_TO_START for a in failures)

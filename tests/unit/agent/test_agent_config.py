@@ -2,7 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
-from gpufleet.agent.config import ConfigError, HostPort, load_config, parse_config, parse_size, read_token
+from gpufleet.agent.config import ConfigError, HostPort, load_config, parse_config, parse_size
 
 FULL = """
 [etcd]
@@ -30,7 +30,7 @@ reserved-mem = "4g"
 heartbeat-interval = 20
 
 [rpc]
-token-file = "/etc/gpufleet/agent.token"
+max-concurrency = 32
 
 [http]
 addr = ":6003"
@@ -102,35 +102,15 @@ def test_sizes(text, expected):
     assert parse_size("k", text) == expected
 
 
-def _token_config(tmp_path, mode, text="x" * 32):
-    path = tmp_path / "token"
-    path.write_text(text)
-    os.chmod(path, mode)
-    return parse_config({"rpc": {"token-file": str(path), "require-root-owner": False}}).rpc
-
-
-def test_token_file_must_be_owner_only(tmp_path):
-    assert read_token(_token_config(tmp_path, 0o600)) == "x" * 32
-    with pytest.raises(ConfigError, match=r"\[rpc\] token-file: .* mode 0644"):
-        read_token(_token_config(tmp_path, 0o644))
-
-
-def test_token_file_must_be_root_owned_in_production(tmp_path):
-    rpc = _token_config(tmp_path, 0o600)
-    rpc.require_root_owner = True
-    if os.getuid() == 0:
-        assert read_token(rpc)
-    else:
-        with pytest.raises(ConfigError, match="owned by root"):
-            read_token(rpc)
-
-
-def test_short_or_missing_token_refused(tmp_path):
-    with pytest.raises(ConfigError, match="shorter than 16"):
-        read_token(_token_config(tmp_path, 0o600, "short"))
-    rpc = parse_config({"rpc": {"token-file": str(tmp_path / "nope")}}).rpc
-    with pytest.raises(ConfigError, match="does not exist"):
-        read_token(rpc)
+def test_curve_keys_use_backend_ai_names_and_auth_is_on_by_default(tmp_path):
+    config = parse_config({"agent": {"rpc-auth-agent-keypair": "/k/agent.key_secret",
+                                     "rpc-auth-manager-public-key": "/k/manager.key"}})
+    assert config.agent.rpc_auth_agent_keypair == Path("/k/agent.key_secret")
+    assert config.agent.rpc_auth_manager_public_key == Path("/k/manager.key")
+    assert config.rpc.curve_auth is True
+    assert parse_config({"rpc": {"curve-auth": False}}).rpc.curve_auth is False
+    with pytest.raises(ConfigError, match=r"\[rpc\] token-file: unknown"):
+        parse_config({"rpc": {"token-file": "/etc/gpufleet/agent.token"}})
 
 
 def test_public_config_has_no_secrets(tmp_path):

@@ -14,8 +14,6 @@ import click
 
 from gpufleet.agent.config import DEFAULT_CONFIG_PATH, ConfigError
 
-TOKEN_ENV = "GPUFLEET_AGENT_TOKEN"  # noqa: S105 - the variable name, not a token
-
 
 @click.group()
 def agent() -> None:
@@ -37,17 +35,18 @@ def run_command(config_path: Path, log_level: str, log_format: str) -> None:
     import logging
     import signal
 
-    from gpufleet.agent.config import load_config, read_token
+    from gpufleet.agent.config import load_config
     from gpufleet.agent.core import Agent
-    from gpufleet.agent.rpc import serve
+    from gpufleet.agent.rpc import raise_open_files_limit, rpc_authenticator, serve
     from gpufleet.service import notify, setup_logging
 
     setup_logging(log_level, log_format)
     try:
         config = load_config(config_path)
-        token = read_token(config.rpc)
+        authenticator = rpc_authenticator(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    raise_open_files_limit()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -55,63 +54,75 @@ def run_command(config_path: Path, log_level: str, log_format: str) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         agent_obj = Agent(config)
+        agent_obj.public_key = authenticator.agent_public_key if authenticator is not None else None
         await agent_obj.start()
-        runners = await serve(agent_obj, token)
+        listeners = await serve(agent_obj, authenticator)
         logging.getLogger("gpufleet.agent").info(
-            "agent %s up: rpc %s, http %s, backend %s, %d kernels adopted", agent_obj.id,
-            config.agent.rpc_listen_addr, config.http.addr, config.agent.backend, len(agent_obj.registry))
+            "agent %s up: rpc %s (callosum/ZeroMQ, CURVE %s), http %s, backend %s, %d kernels adopted",
+            agent_obj.id, config.agent.rpc_listen_addr, "on" if authenticator else "OFF", config.http.addr,
+            config.agent.backend, len(agent_obj.registry))
         notify("READY=1")
         await stop.wait()
         notify("STOPPING=1")
-        for runner in runners:
-            await runner.cleanup()
+        await listeners.close()
         await agent_obj.stop()
 
     asyncio.run(main())
 
 
-# --- call ----------------------------------------------------------------------------------
+# --- call ---------------------------------------------------------------------------------
+
+MANAGER_KEYPAIR_ENV = "GPUFLEET_MANAGER_KEYPAIR"
+DEFAULT_MANAGER_KEYPAIR = Path("~/.config/gpufleet/rpc-keys/manager.key_secret")
+
 
 class CallContext:
-    def __init__(self, address: str, token: str, as_json: bool, timeout: float) -> None:
-        from gpufleet.agent.client import AgentClient
-
-        self.client = AgentClient(address, token, timeout=timeout)
+    def __init__(self, address: str, auth: Any, as_json: bool, timeout: float) -> None:
+        self.address = address
+        self.auth = auth
         self.as_json = as_json
+        self.timeout = timeout
 
-    def call(self, method: str, **params: Any) -> Any:
-        from gpufleet.agent.client import RpcCallError
+    def call(self, method: str, *args: Any) -> Any:
+        from gpufleet.agent.client import AgentUnreachable, RpcCallError, call_agent
 
         try:
-            return self.client.call(method, **params)
+            return call_agent(self.address, self.auth, method, *args, timeout=self.timeout)
         except RpcCallError as exc:
-            raise click.ClickException(str(exc) + _error_details(exc.error)) from None
-        except OSError as exc:
-            raise click.ClickException(f"cannot reach the agent at {self.client.base}: {exc}") from None
+            raise click.ClickException(str(exc)) from None
+        except AgentUnreachable as exc:
+            raise click.ClickException(str(exc)) from None
 
     def show(self, value: Any, text: str | None = None) -> None:
         if self.as_json or text is None:
-            click.echo(json.dumps(value, indent=2, sort_keys=True))
+            click.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
         else:
             click.echo(text)
 
 
-def _error_details(error: dict[str, Any]) -> str:
-    return "".join(f"\n  {e.get('path')}: {e.get('message')}" for e in error.get("errors", []))
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
 
 
-def _resolve_target(config_path: Path | None, address: str | None, token: str | None,
-                    token_file: Path | None) -> tuple[str, str]:
+def _resolve_target(config_path: Path | None, address: str | None, manager_keypair: Path | None,
+                    agent_public_key: Path | None, no_auth: bool) -> tuple[str, Any]:
     config = None
-    if config_path is not None or (address is None or (token is None and token_file is None)):
+    path = config_path or DEFAULT_CONFIG_PATH
+    if config_path is not None or path.exists():
         from gpufleet.agent.config import load_config
 
-        path = config_path or DEFAULT_CONFIG_PATH
-        if config_path is not None or path.exists():
-            try:
-                config = load_config(path)
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     if address is None:
         if config is None:
             address = "127.0.0.1:6001"
@@ -119,34 +130,46 @@ def _resolve_target(config_path: Path | None, address: str | None, token: str | 
             listen = config.agent.rpc_listen_addr
             host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host  # noqa: S104
             address = f"{host}:{listen.port}"
-    if token is None:
-        token = os.environ.get(TOKEN_ENV)
-    if token is None:
-        path = token_file or (config.rpc.token_file if config else None)
-        if path is None:
-            raise click.ClickException(f"no token: pass --token-file, --config or set {TOKEN_ENV}")
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise click.ClickException(f"cannot read the token file {path}: {exc}") from None
-    return address, token
+    if no_auth:
+        return address, None
+    if agent_public_key is None and config is not None:
+        # The public certificate sits beside the keypair (agent.key next to agent.key_secret).
+        keypair = config.agent.rpc_auth_agent_keypair
+        agent_public_key = keypair.with_name(keypair.name.removesuffix("_secret"))
+    if agent_public_key is None:
+        raise click.ClickException("no agent public key: pass --agent-public-key or --config")
+    if manager_keypair is None:
+        manager_keypair = Path(os.environ.get(MANAGER_KEYPAIR_ENV, str(DEFAULT_MANAGER_KEYPAIR))).expanduser()
+    from gpufleet.agent.client import client_auth
+    from gpufleet.agent.protocol.keys import KeyFileError
+
+    try:
+        return address, client_auth(manager_keypair, agent_public_key)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @agent.group("call")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"agent.toml to take the address and token file from [default: {DEFAULT_CONFIG_PATH}]")
+              help="agent.toml to take the address and the agent's public key from "
+                   f"[default: {DEFAULT_CONFIG_PATH}]")
 @click.option("--address",
               help="host:port of the agent's RPC (default: from the config, else 127.0.0.1:6001)")
-@click.option("--token", help=f"the RPC token (or set {TOKEN_ENV})")
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="file holding the RPC token")
+@click.option("--manager-keypair", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"the manager's CURVE keypair (*.key_secret, mode 0600) [env {MANAGER_KEYPAIR_ENV}, "
+                   f"default {DEFAULT_MANAGER_KEYPAIR}]")
+@click.option("--agent-public-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="the agent's public certificate (agent.key)")
+@click.option("--no-auth", is_flag=True,
+              help="connect without CURVE (only for an agent with curve-auth = false)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for an answer")
 @click.pass_context
-def call(ctx: click.Context, config_path, address, token, token_file, as_json, timeout) -> None:
-    """Call the kernel agent's RPC (replaces the seed's REPL scripts)."""
-    address, token = _resolve_target(config_path, address, token, token_file)
-    ctx.obj = CallContext(address, token, as_json, timeout)
+def call(ctx: click.Context, config_path, address, manager_keypair, agent_public_key, no_auth, as_json,
+         timeout) -> None:
+    """Call the kernel agent over Backend.AI's RPC (callosum/ZeroMQ, CURVE), as a manager does."""
+    address, auth = _resolve_target(config_path, address, manager_keypair, agent_public_key, no_auth)
+    ctx.obj = CallContext(address, auth, as_json, timeout)
 
 
 pass_call = click.make_pass_decorator(CallContext)
@@ -155,9 +178,8 @@ pass_call = click.make_pass_decorator(CallContext)
 @call.command("ping")
 @pass_call
 def call_ping(c: CallContext) -> None:
-    """Check the agent answers and the token is accepted."""
-    result = c.call("ping")
-    c.show(result, f"pong from {result['agent_id']}")
+    """Check the agent answers and accepts our key."""
+    c.show({"pong": c.call("ping", "pong")}, "pong")
 
 
 @call.command("health")
@@ -171,7 +193,7 @@ def call_health(c: CallContext) -> None:
 @call.command("hwinfo")
 @pass_call
 def call_hwinfo(c: CallContext) -> None:
-    """Capacity, free slots and GPUs."""
+    """Hardware per compute plugin (gather_hwinfo)."""
     c.show(c.call("gather_hwinfo"))
 
 
@@ -182,17 +204,51 @@ def call_config(c: CallContext) -> None:
     c.show(c.call("get_local_config"))
 
 
-def _create_params(gpus: int, cpu: float, mem: str, service_ports: int) -> dict[str, Any]:
+def kernel_config(gpus: int, cpu: float, mem: str, service_ports: int, image: str) -> dict[str, Any]:
+    """A Backend.AI KernelCreationConfig for one kernel."""
     from gpufleet.agent.config import parse_size
 
     try:
         mem_bytes = parse_size("--mem", mem)
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
-    return {"gpus": gpus, "cpu": cpu, "mem": mem_bytes, "service_ports": service_ports}
+    labels = {"ai.backend.service-ports": ",".join(f"port{n}:tcp:{8080 + n}" for n in range(service_ports))}
+    return {"image": {"canonical": image, "labels": labels, "registry": {"name": "", "url": ""}},
+            "resource_slots": {"cpu": str(cpu), "mem": str(mem_bytes), "cuda.device": str(gpus)},
+            "environ": {}, "session_type": "interactive", "cluster_role": "main", "cluster_idx": 1}
+
+
+def create_kernel(c: CallContext, config: dict[str, Any]) -> dict[str, Any]:
+    import uuid
+
+    kernel_id = str(uuid.uuid4())  # the session id is the kernel id for a one-kernel session
+    return c.call("create_kernels", kernel_id, [kernel_id], [config],
+                  {"mode": "single-node", "size": 1, "replicas": {"main": 1}})[0]
+
+
+def execute(c: CallContext, kernel_id: str, code: str, mode: str,
+            exec_timeout: float | None) -> dict[str, Any]:
+    """Run and follow `continued` answers until the run finishes; console items are joined."""
+    import uuid
+
+    run_id = uuid.uuid4().hex
+    opts: dict[str, Any] = {"exec": code} if mode == "batch" else {}
+    if exec_timeout:
+        opts["exec_timeout"] = exec_timeout
+    result = c.call("execute", kernel_id, kernel_id, 2, run_id, mode, code, opts, 5.0)
+    console = list(result["console"])
+    while result["status"] == "continued":
+        result = c.call("execute", kernel_id, kernel_id, 2, run_id, "continue", "", {}, 5.0)
+        console += list(result["console"])
+    result = dict(result, console=console)
+    result["stdout"] = "".join(text for kind, text in console if kind == "stdout")
+    result["stderr"] = "".join(text for kind, text in console if kind == "stderr")
+    return result
 
 
 def _create_options(fn):
+    fn = click.option("--image", default="python:3.11-slim", show_default=True,
+                      help="Backend.AI image reference (local backend: runs the host's Python)")(fn)
     fn = click.option("--service-ports", default=0, show_default=True, help="extra ports for services")(fn)
     fn = click.option("--mem", default="512m", show_default=True, help="memory, e.g. 512m, 4g")(fn)
     fn = click.option("--cpu", default=1.0, show_default=True, help="CPU cores")(fn)
@@ -202,12 +258,10 @@ def _create_options(fn):
 @call.command("create")
 @_create_options
 @pass_call
-def call_create(c: CallContext, gpus, cpu, mem, service_ports) -> None:
-    """Create one kernel; prints its id."""
-    result = c.call("create_kernels", kernels=[_create_params(gpus, cpu, mem, service_ports)])["kernels"][0]
-    if result["status"] != "running":
-        raise click.ClickException(f"create failed: {result.get('error')}")
-    c.show(result, result["kernel_id"])
+def call_create(c: CallContext, gpus, cpu, mem, service_ports, image) -> None:
+    """Create one kernel (a one-kernel session); prints its id."""
+    result = create_kernel(c, kernel_config(gpus, cpu, mem, service_ports, image))
+    c.show(result, result["id"])
 
 
 @call.command("exec")
@@ -218,17 +272,15 @@ def call_create(c: CallContext, gpus, cpu, mem, service_ports) -> None:
 @pass_call
 def call_exec(c: CallContext, kernel_id, code, mode, exec_timeout) -> None:
     """Run CODE in a kernel (query: Python, state kept; batch: shell)."""
-    params: dict[str, Any] = {"kernel_id": kernel_id, "code": code, "mode": mode}
-    if exec_timeout:
-        params["timeout"] = exec_timeout
-    result = c.call("execute", **params)
+    result = execute(c, kernel_id, code, mode, exec_timeout)
     if c.as_json:
         c.show(result)
     else:
         sys.stdout.write(result["stdout"])
         sys.stderr.write(result["stderr"])
-    if result["exit_code"]:
-        sys.exit(result["exit_code"] if 0 < result["exit_code"] < 256 else 1)
+    code = result["exitCode"]
+    if result["status"] != "finished" or code:
+        sys.exit(code if isinstance(code, int) and 0 < code < 256 else 1)
 
 
 @call.command("interrupt")
@@ -236,24 +288,27 @@ def call_exec(c: CallContext, kernel_id, code, mode, exec_timeout) -> None:
 @pass_call
 def call_interrupt(c: CallContext, kernel_id) -> None:
     """Interrupt a kernel's running execution."""
-    c.show(c.call("interrupt_kernel", kernel_id=kernel_id))
+    c.show(c.call("interrupt_kernel", kernel_id))
 
 
 @call.command("destroy")
 @click.argument("kernel_id")
+@click.option("--session-id", default=None, help="the kernel's session (default: the kernel id)")
 @pass_call
-def call_destroy(c: CallContext, kernel_id) -> None:
+def call_destroy(c: CallContext, kernel_id, session_id) -> None:
     """Destroy a kernel and free its resources."""
-    result = c.call("destroy_kernel", kernel_id=kernel_id)
-    c.show(result, f"destroyed {kernel_id} (exit code {result['exit_code']})")
+    result = c.call("destroy_kernel", kernel_id, session_id or kernel_id)
+    exit_code = result.get("exit_code") if isinstance(result, dict) else None
+    c.show(result, f"destroyed {kernel_id} (exit code {exit_code})")
 
 
 @call.command("restart")
 @click.argument("kernel_id")
+@click.option("--session-id", default=None, help="the kernel's session (default: the kernel id)")
 @pass_call
-def call_restart(c: CallContext, kernel_id) -> None:
+def call_restart(c: CallContext, kernel_id, session_id) -> None:
     """Recreate a kernel with the same id and resources."""
-    c.show(c.call("restart_kernel", kernel_id=kernel_id))
+    c.show(c.call("restart_kernel", session_id or kernel_id, kernel_id, {}))
 
 
 @call.command("logs")
@@ -261,7 +316,7 @@ def call_restart(c: CallContext, kernel_id) -> None:
 @pass_call
 def call_logs(c: CallContext, kernel_id) -> None:
     """A kernel's console log."""
-    result = c.call("get_logs", kernel_id=kernel_id)
+    result = c.call("get_logs", kernel_id)
     c.show(result, result["logs"])
 
 
@@ -271,8 +326,10 @@ def call_logs(c: CallContext, kernel_id) -> None:
 @pass_call
 def call_ls(c: CallContext, kernel_id, path) -> None:
     """List files in a kernel's scratch (/home/work)."""
-    result = c.call("list_files", kernel_id=kernel_id, path=path)
-    c.show(result, "\n".join(f"{f['type']:4} {f['size']:>10} {f['name']}" for f in result["files"]))
+    result = c.call("list_files", kernel_id, path)
+    files = json.loads(result["files"])
+    listing = "\n".join(f"{f['mode']} {f['size']:>10} {f['filename']}" for f in files)
+    c.show(dict(result, files=files), listing)
 
 
 @call.command("upload")
@@ -282,8 +339,9 @@ def call_ls(c: CallContext, kernel_id, path) -> None:
 @pass_call
 def call_upload(c: CallContext, kernel_id, local, remote) -> None:
     """Copy a local file into a kernel's scratch."""
-    content = base64.b64encode(local.read_bytes()).decode()
-    c.show(c.call("upload_file", kernel_id=kernel_id, path=remote, content_b64=content))
+    data = local.read_bytes()
+    c.call("upload_file", kernel_id, remote, data)
+    c.show({"path": remote, "size": len(data)}, f"uploaded {len(data)} bytes to {remote}")
 
 
 @call.command("download")
@@ -293,31 +351,35 @@ def call_upload(c: CallContext, kernel_id, local, remote) -> None:
 @pass_call
 def call_download(c: CallContext, kernel_id, remote, local) -> None:
     """Copy a file out of a kernel's scratch."""
-    result = c.call("download_file", kernel_id=kernel_id, path=remote)
-    local.write_bytes(base64.b64decode(result["content_b64"]))
+    local.write_bytes(c.call("download_single", kernel_id, remote))
     c.show({"path": str(local), "size": local.stat().st_size}, f"wrote {local}")
 
 
 @call.command("sync")
+@click.argument("pairs", nargs=-1)
 @pass_call
-def call_sync(c: CallContext) -> None:
-    """Reconcile the agent's registry with what runs."""
-    c.show(c.call("sync_kernel_registry"))
+def call_sync(c: CallContext, pairs) -> None:
+    """sync_kernel_registry with KERNEL_ID:SESSION_ID pairs (kernels not listed are destroyed)."""
+    parsed = []
+    for pair in pairs:
+        kernel_id, _, session_id = pair.partition(":")
+        parsed.append((kernel_id, session_id or kernel_id))
+    c.show(c.call("sync_kernel_registry", parsed), "synced")
 
 
 @call.command("raw")
 @click.argument("method")
-@click.argument("params", default="{}")
+@click.argument("args", default="[]")
 @pass_call
-def call_raw(c: CallContext, method, params) -> None:
-    """Call any RPC METHOD with a JSON object of PARAMS."""
+def call_raw(c: CallContext, method, args) -> None:
+    """Call any RPC METHOD with ARGS, a JSON array of its positional arguments."""
     try:
-        parsed = json.loads(params)
+        parsed = json.loads(args)
     except ValueError as exc:
-        raise click.BadParameter(f"PARAMS is not JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter("PARAMS must be a JSON object")
-    c.show(c.call(method, **parsed))
+        raise click.BadParameter(f"ARGS is not JSON: {exc}") from None
+    if not isinstance(parsed, list):
+        raise click.BadParameter("ARGS must be a JSON array")
+    c.show(c.call(method, *parsed))
 
 
 LIFECYCLE_CODE = "import os, sys\nprint(sys.executable, os.environ.get('CUDA_VISIBLE_DEVICES'))"
@@ -327,29 +389,29 @@ LIFECYCLE_CODE = "import os, sys\nprint(sys.executable, os.environ.get('CUDA_VIS
 @_create_options
 @click.option("--code", default=LIFECYCLE_CODE, show_default=True, help="Python executed in the kernel")
 @pass_call
-def call_lifecycle(c: CallContext, gpus, cpu, mem, service_ports, code) -> None:
+def call_lifecycle(c: CallContext, gpus, cpu, mem, service_ports, image, code) -> None:
     """Create → execute (twice: state kept) → destroy, with timings; exits non-zero on any failure."""
     timings: dict[str, float] = {}
     started = time.monotonic()
-    created = c.call("create_kernels", kernels=[_create_params(gpus, cpu, mem, service_ports)])["kernels"][0]
+    created = create_kernel(c, kernel_config(gpus, cpu, mem, service_ports, image))
     timings["create"] = time.monotonic() - started
-    if created["status"] != "running":
-        raise click.ClickException(f"create failed: {created.get('error')}")
-    kid = created["kernel_id"]
-    report: dict[str, Any] = {"kernel_id": kid, "gpu_indices": created["gpu_indices"], "ok": False}
+    kid = created["id"]
+    gpu_indices = sorted(int(i) for i in created["resource_spec"]["allocations"]
+                         .get("cuda", {}).get("cuda.device", {}))
+    report: dict[str, Any] = {"kernel_id": kid, "gpu_indices": gpu_indices, "ok": False}
     try:
         started = time.monotonic()
-        first = c.call("execute", kernel_id=kid, code=code + "\n_gpufleet_lifecycle = 41", mode="query")
+        first = execute(c, kid, code + "\n_gpufleet_lifecycle = 41", "query", None)
         timings["execute"] = time.monotonic() - started
         started = time.monotonic()
-        second = c.call("execute", kernel_id=kid, code="print(_gpufleet_lifecycle + 1)", mode="query")
+        second = execute(c, kid, "print(_gpufleet_lifecycle + 1)", "query", None)
         timings["execute_state"] = time.monotonic() - started
-        report.update(output=first["stdout"], first_exit_code=first["exit_code"],
+        report.update(output=first["stdout"], first_exit_code=first["exitCode"],
                       state_kept=second["stdout"].strip() == "42")
-        report["ok"] = first["exit_code"] == 0 and report["state_kept"]
+        report["ok"] = first["exitCode"] == 0 and report["state_kept"]
     finally:
         started = time.monotonic()
-        c.call("destroy_kernel", kernel_id=kid)
+        c.call("destroy_kernel", kid, kid)
         timings["destroy"] = time.monotonic() - started
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     text = (f"kernel {kid}: {'OK' if report['ok'] else 'FAILED'}\n"

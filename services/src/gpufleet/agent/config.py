@@ -7,7 +7,6 @@ Every key is validated here, once; an error names the offending key
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,9 @@ class EtcdConfig:
 class AgentSection:
     id: str = ""
     rpc_listen_addr: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", 6001))  # noqa: S104
+    # CURVE keys, named as in Backend.AI 23.09's agent.toml (ZeroMQ certificate files).
+    rpc_auth_agent_keypair: Path = Path("/etc/gpufleet/rpc-keys/agent.key_secret")
+    rpc_auth_manager_public_key: Path = Path("/etc/gpufleet/rpc-keys/manager.key")
     advertised_host: str = ""
     backend: str = "local"
     region: str = "local"
@@ -99,9 +101,12 @@ class DebugConfig:
 
 @dataclass
 class RpcConfig:
-    token_file: Path = Path("/etc/gpufleet/agent.token")
-    max_request_bytes: int = 1 << 20
-    # Tests and labs may run as a normal user; production insists on root-only.
+    # CURVE authentication (on by default; off only when set false explicitly).
+    curve_auth: bool = True
+    max_request_bytes: int = 16 << 20
+    max_concurrency: int = 64
+    call_timeout: float = 900.0
+    # Tests and labs may run as a normal user; production insists on a root-owned agent keypair.
     require_root_owner: bool = True
 
 
@@ -280,6 +285,10 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AgentConfi
     if s.has("rpc-listen-addr"):
         agent.rpc_listen_addr = _host_port(s.key("rpc-listen-addr"), s.get("rpc-listen-addr"))
     s.get("rpc-listen-addr")
+    agent.rpc_auth_agent_keypair = Path(_str(s.key("rpc-auth-agent-keypair"), s.get(
+        "rpc-auth-agent-keypair", str(agent.rpc_auth_agent_keypair))))
+    agent.rpc_auth_manager_public_key = Path(_str(s.key("rpc-auth-manager-public-key"), s.get(
+        "rpc-auth-manager-public-key", str(agent.rpc_auth_manager_public_key))))
     agent.advertised_host = _str(s.key("advertised-host"), s.get("advertised-host", ""))
     agent.backend = _str(s.key("backend"), s.get("backend", agent.backend), BACKENDS)
     agent.region = _str(s.key("region"), s.get("region", agent.region))
@@ -336,10 +345,13 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AgentConfi
 
     s = _Section(data, "rpc")
     rpc = RpcConfig()
-    rpc.token_file = Path(_str(s.key("token-file"), s.get("token-file", str(rpc.token_file))))
+    rpc.curve_auth = _bool(s.key("curve-auth"), s.get("curve-auth", True))
     rpc.max_request_bytes = int(_number(s.key("max-request-bytes"),
                                         s.get("max-request-bytes", rpc.max_request_bytes), 1024,
                                         integer=True))
+    rpc.max_concurrency = int(_number(s.key("max-concurrency"), s.get("max-concurrency", rpc.max_concurrency),
+                                      1, integer=True))
+    rpc.call_timeout = _number(s.key("call-timeout"), s.get("call-timeout", rpc.call_timeout), 0.1)
     rpc.require_root_owner = _bool(s.key("require-root-owner"), s.get("require-root-owner", True))
     s.check_unknown()
 
@@ -380,21 +392,3 @@ def load_config(path: str | os.PathLike = DEFAULT_CONFIG_PATH) -> AgentConfig:
         return parse_config(data, source=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def read_token(rpc: RpcConfig) -> str:
-    """The RPC token; the file must be readable by its owner only (0600 or stricter)."""
-    key = "[rpc] token-file"
-    try:
-        info = os.stat(rpc.token_file)
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: {rpc.token_file} does not exist") from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(f"{key}: {rpc.token_file} has mode {stat.S_IMODE(info.st_mode):04o};"
-                          " it must be 0600 (owner only)")
-    if rpc.require_root_owner and info.st_uid != 0:
-        raise ConfigError(f"{key}: {rpc.token_file} must be owned by root")
-    token = Path(rpc.token_file).read_text().strip()
-    if len(token) < 16:
-        raise ConfigError(f"{key}: the token in {rpc.token_file} is shorter than 16 characters")
-    return token

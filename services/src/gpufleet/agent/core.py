@@ -19,14 +19,17 @@ import secrets
 import socket
 import time
 import uuid
+import zlib
 from typing import Any
 
 from gpufleet import __version__
+from gpufleet.agent import events as ev
 from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.etcd import AgentEtcd, EtcdUnavailable
 from gpufleet.agent.events import EventPublisher
 from gpufleet.agent.metrics import AgentMetrics
+from gpufleet.agent.protocol.codec import packb
 from gpufleet.agent.registry import KernelRecord, KernelRegistry, Scratch
 from gpufleet.agent.resources import PortPool, ResourceAllocator, ResourceError, SlotCapacity
 from gpufleet.agent.runner_client import RunnerError, runner_request
@@ -34,6 +37,29 @@ from gpufleet.agent.runner_client import RunnerError, runner_request
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 8 << 20
+# platform.machine() -> Backend.AI's architecture names (ai.backend.agent.utils.get_arch_name).
+ARCHITECTURES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+def _metric(current: float, capacity: float | None, unit: str | None) -> dict[str, Any]:
+    """One metric as 23.09's stats collector stores it (decimal strings)."""
+    pct = f"{current * 100 / capacity:.2f}" if capacity else "0.00"
+    return {"current": f"{current:g}" if isinstance(current, float) else str(current),
+            "capacity": None if capacity is None else (f"{capacity:g}" if isinstance(capacity, float)
+                                                        else str(capacity)),
+            "pct": pct, "unit_hint": unit}
+
+
+def _rss_bytes(record: KernelRecord) -> int:
+    """Resident memory of a local kernel's process (0 where the backend gives no pid)."""
+    pid = record.backend_data.get("pid")
+    if not isinstance(pid, int):
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class KernelNotFound(LookupError):
@@ -83,6 +109,12 @@ class Agent:
         self.last_heartbeat: float | None = None
         self._tasks: list[asyncio.Task] = []
         self._kernel_locks: dict[str, asyncio.Lock] = {}
+        # Kernels between kernel_preparing and kernel_started: a registry sync leaves them alone.
+        self._creating: set[str] = set()
+        # The agent's CURVE public key (z85), announced in the heartbeat; None with auth off.
+        self.public_key: bytes | None = None
+        # Image references this agent runs (name -> digest), announced in the heartbeat.
+        self.known_images: dict[str, str] = {config.agent.kernel_image: ""}
         # Failure injection for tests: a callable(stage, kernel_id) that may raise.
         self.fault_hook = None
 
@@ -104,7 +136,7 @@ class Agent:
         self.events.start()
         if self.config.redis_addr is not None:
             self.events.configure(self.config.redis_addr, self.config.redis_password)
-        self.events.publish("agent_started", reason="self-started", id=self.id)
+        self.events.emit(ev.agent_started("self-started"))
         if self.config.etcd.enabled:
             self.etcd = AgentEtcd(self.config.etcd, self.id)
             self._tasks.append(asyncio.ensure_future(self._etcd_loop()))
@@ -119,7 +151,7 @@ class Agent:
         if self.etcd is not None:
             with contextlib.suppress(EtcdUnavailable):
                 await asyncio.wait_for(self.etcd.put(f"nodes/agents/{self.id}", "terminated"), 3)
-        self.events.publish("agent_terminated", reason="shutdown")
+        self.events.emit(ev.agent_terminated("shutdown"))
         if self.events.connected:  # unreachable Redis: keep nothing waiting on shutdown
             await self.events.flush(timeout=2.0)
         for task in self._tasks:
@@ -163,7 +195,7 @@ class Agent:
                 await asyncio.sleep(min(self.config.debug.heartbeat_interval, 5.0))
             except EtcdUnavailable as exc:
                 if self.etcd_status == "running":
-                    self.events.publish("agent_error", message=f"etcd unavailable: {exc}")
+                    self.events.emit(ev.agent_error(f"etcd unavailable: {exc}"))
                 self.etcd_status = f"waiting: {exc}" if "waiting" in str(exc) or "not set" in str(exc) \
                     else "unreachable"
                 await asyncio.sleep(delay)
@@ -177,18 +209,56 @@ class Agent:
 
     def heartbeat(self) -> None:
         self.last_heartbeat = time.time()
-        self.events.publish("agent_heartbeat", **self.heartbeat_info())
+        self.events.emit(ev.agent_heartbeat(self.heartbeat_info()))
+
+    @property
+    def agent_addr(self) -> str:
+        """The RPC address the manager dials (Backend.AI's `agent_addr`)."""
+        return f"tcp://{self.host_ip}:{self.config.agent.rpc_listen_addr.port}"
 
     def heartbeat_info(self) -> dict[str, Any]:
+        """Backend.AI 23.09's `agent_info` (AgentHeartbeatEvent), as its manager reads it."""
+        slot_types = {"cpu": "count", "mem": "bytes", "cuda.device": "count"}
+        plugins: dict[str, Any] = {"cpu": {"version": __version__}, "mem": {"version": __version__}}
+        if self.capacity.gpus:
+            plugins["cuda"] = {"version": __version__, "devices": len(self.capacity.gpus)}
+        images = [(name, digest) for name, digest in sorted(self.known_images.items())]
         return {
-            "id": self.id, "addr": f"tcp://{self.host_ip}:{self.config.agent.rpc_listen_addr.port}",
-            "region": self.config.agent.region, "scaling_group": self.config.agent.scaling_group,
-            "version": __version__, "architecture": platform.machine(),
-            "backend": self.config.agent.backend,
-            "resource_slots": {k: str(v) for k, v in self.capacity.slots().items()},
-            "resource_slot_types": {"cpu": "count", "mem": "bytes", "cuda.device": "count"},
-            "available_slots": {k: str(v) for k, v in self.available_slots().items()},
-            "kernels": len(self.registry),
+            "ip": self.host_ip, "region": self.config.agent.region,
+            "scaling_group": self.config.agent.scaling_group, "addr": self.agent_addr,
+            "public_key": self.public_key, "public_host": self.host_ip,
+            "resource_slots": {slot: (slot_types.get(slot, "count"), str(amount))
+                               for slot, amount in self.capacity.slots().items()},
+            "version": __version__, "compute_plugins": plugins,
+            "images": zlib.compress(packb(images)), "images.opts": {"compression": "zlib"},
+            "architecture": ARCHITECTURES.get(platform.machine(), platform.machine()),
+            "auto_terminate_abusing_kernel": False,
+        }
+
+    def creation_info(self, record: KernelRecord) -> dict[str, Any]:
+        """What KernelStartedEvent carries and create_kernels returns (the manager's finalize step)."""
+        slots = record.allocation_obj
+        gpus = list(record.allocation.get("gpus", []))
+        models = {g.index: g.model for g in self.capacity.gpus}
+        host = self.host_ip if record.runner_host in ("127.0.0.1", "localhost", "::1") else record.runner_host
+        allocations: dict[str, Any] = {"cpu": {"cpu": {"0": str(slots.cpu)}},
+                                       "mem": {"mem": {"root": str(slots.mem)}}}
+        attached: dict[str, Any] = {}
+        if gpus:
+            allocations["cuda"] = {"cuda.device": {str(i): "1" for i in gpus}}
+            attached["cuda"] = [{"device_id": str(i), "model_name": models.get(i, ""), "data": {}}
+                                for i in gpus]
+        return {
+            "id": record.kernel_id, "kernel_host": host,
+            "repl_in_port": record.runner_port, "repl_out_port": record.runner_port,
+            "stdin_port": record.runner_port, "stdout_port": record.runner_port,
+            "service_ports": [{"name": f"port{n}", "protocol": "tcp", "container_ports": [port],
+                               "host_ports": [port]} for n, port in enumerate(record.ports[1:], 1)],
+            "container_id": record.container_id,
+            "resource_spec": {"allocations": allocations},
+            "attached_devices": attached,
+            "agent_addr": self.agent_addr,
+            "scaling_group": self.config.agent.scaling_group,
         }
 
     def available_slots(self) -> dict[str, Any]:
@@ -196,17 +266,18 @@ class Agent:
         return {k: v - used[k] for k, v in self.capacity.slots().items()}
 
     async def write_stats(self) -> None:
+        """23.09's stat database: the agent's node metrics under its id, each kernel's under its id."""
         ttl = self.config.debug.heartbeat_interval * 3
         used = self.allocator.used()
         self.metrics.observe_agent(self, used)
-        await self.events.write_stats(f"gpufleet.agent.{self.id}.stats", {
-            "time": time.time(), "kernels": len(self.registry), "used_slots": used,
-            "capacity": self.capacity.slots(), "ports_free": self.ports.free_count()}, ttl)
+        capacity = self.capacity.slots()
+        node = {"mem": _metric(used["mem"], capacity["mem"], "bytes"),
+                "cpu_slots": _metric(used["cpu"], capacity["cpu"], None)}
+        await self.events.write_stats(self.id, {"node": node, "devices": {}}, ttl)
         for record in self.registry.all():
-            await self.events.write_stats(f"gpufleet.kernel.{record.kernel_id}.stats", {
-                "time": time.time(), "status": record.status, "slots": record.allocation_obj.slots(),
-                "gpu_indices": record.allocation.get("gpus", []),
-                "uptime": time.time() - (record.started_at or record.created_at)}, ttl)
+            slots = record.allocation_obj
+            stats = {"mem": _metric(_rss_bytes(record), slots.mem, "bytes")}
+            await self.events.write_stats(record.kernel_id, stats, ttl)
 
     # --- reconcile --------------------------------------------------------------------------
 
@@ -215,6 +286,8 @@ class Agent:
         adopted, lost = [], []
         records = self.registry.load() if not len(self.registry) else self.registry.all()
         for record in records:
+            if record.kernel_id in self._creating:
+                continue  # its create_kernels call is still running and owns it
             alive = await self.backend.is_alive(record)
             if alive and record.status != "running":
                 # Caught mid-creation or mid-destroy by the restart: finish it off.
@@ -229,9 +302,31 @@ class Agent:
                 adopted.append(record.kernel_id)
             else:
                 lost.append(record.kernel_id)
-                await self._release(record, reason="agent-restart-lost", exit_code=None)
+                await self._release(record, reason="terminated-unknown-container", exit_code=None)
         self.metrics.kernels.set(len(self.registry))
         return {"adopted": adopted, "terminated": lost}
+
+    async def sync_registry(self, known: dict[str, str]) -> dict[str, list[str]]:
+        """Backend.AI's sync_kernel_registry: `known` maps kernel id -> session id as the manager has them.
+
+        A kernel the manager knows but we do not is reported terminated; a running kernel the
+        manager does not know is destroyed (no events: the manager has no record to update).
+        Kernels still being created are left alone either way.
+        """
+        reported, destroyed = [], []
+        for kernel_id, session_id in known.items():
+            if self.registry.get(kernel_id) is None and kernel_id not in self._creating:
+                self.events.emit(ev.kernel_termination("kernel_terminated", kernel_id, session_id,
+                                                       "already-terminated", None))
+                reported.append(kernel_id)
+        for record in self.registry.all():
+            if record.kernel_id in known or record.kernel_id in self._creating or record.status != "running":
+                continue
+            with contextlib.suppress(KernelNotFound):
+                await self.destroy_kernel(record.kernel_id, reason="not-found-in-manager",
+                                          suppress_events=True)
+                destroyed.append(record.kernel_id)
+        return {"reported_terminated": reported, "destroyed": destroyed}
 
     # --- kernel lifecycle -------------------------------------------------------------------
 
@@ -252,17 +347,19 @@ class Agent:
                             service_ports: int = 0, session_id: str | None = None,
                             kernel_id: str | None = None, environ: dict[str, str] | None = None,
                             image: str | None = None) -> KernelRecord:
-        kid = kernel_id or uuid.uuid4().hex[:12]
+        kid = kernel_id or str(uuid.uuid4())
         if self.registry.get(kid) is not None:
             raise KernelStateError(f"kernel {kid} already exists")
         session_id = session_id or kid
-        self.events.publish("kernel_preparing", kernel_id=kid, session_id=session_id)
+        self._creating.add(kid)
+        self.events.emit(ev.kernel_creation("kernel_preparing", kid, session_id))
         try:
             allocation = self.allocator.allocate(kid, cpu, mem, gpus)
-        except ResourceError as exc:
+        except ResourceError:
             # Nothing was taken; the event closes the kernel_preparing just sent.
-            self.events.publish("kernel_terminated", kernel_id=kid, session_id=session_id,
-                                reason="insufficient-resources", exit_code=None, error=str(exc))
+            self._creating.discard(kid)
+            self.events.emit(ev.kernel_termination("kernel_terminated", kid, session_id,
+                                                   "failed-to-create", None))
             raise
         record: KernelRecord | None = None
         backend_started = False
@@ -277,7 +374,7 @@ class Agent:
             scratch.create(self._kernel_environ(record), allocation.slots(), list(allocation.gpus))
             record.status = "creating"
             self.registry.put(record)
-            self.events.publish("kernel_creating", kernel_id=kid, session_id=session_id)
+            self.events.emit(ev.kernel_creation("kernel_creating", kid, session_id))
             self._inject("create", kid)
             started = time.monotonic()
             await self.backend.create(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
@@ -291,19 +388,19 @@ class Agent:
                 # The backend started it but a later step failed: stop it too.
                 with contextlib.suppress(Exception):
                     await self.backend.destroy(record)
-            reason = "failed-to-start" if not isinstance(exc, asyncio.CancelledError) else "cancelled"
+            self._creating.discard(kid)
+            reason = "failed-to-start" if not isinstance(exc, asyncio.CancelledError) else "task-cancelled"
             if record is None:
                 self.allocator.release(kid)
                 self.ports.release_owner(kid)
-                self.events.publish("kernel_terminated", kernel_id=kid, session_id=session_id,
-                                    reason=reason, exit_code=None, error=str(exc))
+                self.events.emit(ev.kernel_termination("kernel_terminated", kid, session_id, reason, None))
             else:
                 await self._release(record, reason=reason, exit_code=None, error=str(exc))
             self.metrics.kernel_failures.inc()
             raise
-        self.events.publish("kernel_started", kernel_id=kid, session_id=session_id,
-                            container_id=record.container_id, gpu_indices=list(allocation.gpus),
-                            ports=record.ports)
+        self._creating.discard(kid)
+        self.events.emit(ev.kernel_creation("kernel_started", kid, session_id,
+                                            creation_info=self.creation_info(record)))
         self.metrics.kernels.set(len(self.registry))
         return record
 
@@ -315,7 +412,7 @@ class Agent:
         return env
 
     async def _release(self, record: KernelRecord, *, reason: str, exit_code: int | None,
-                       error: str | None = None) -> None:
+                       error: str | None = None, suppress_events: bool = False) -> None:
         """The one place a kernel's slots, ports, scratch and registry entry are given back."""
         kid = record.kernel_id
         self.allocator.release(kid)
@@ -323,25 +420,31 @@ class Agent:
         Scratch(self.config.container.scratch_root, kid).remove()
         self.registry.remove(kid)
         self._kernel_locks.pop(kid, None)
-        args = {"kernel_id": kid, "session_id": record.session_id, "reason": reason, "exit_code": exit_code}
         if error:
-            args["error"] = error
-        self.events.publish("kernel_terminated", **args)
+            log.warning("kernel %s ended (%s): %s", kid, reason, error)
+        if not suppress_events:
+            self.events.emit(ev.kernel_termination("kernel_terminated", kid, record.session_id, reason,
+                                                   exit_code))
         self.metrics.kernels.set(len(self.registry))
 
-    async def destroy_kernel(self, kernel_id: str, reason: str = "user-requested") -> dict[str, Any]:
+    async def destroy_kernel(self, kernel_id: str, reason: str = "user-requested",
+                             suppress_events: bool = False) -> dict[str, Any]:
         record = self.get_kernel(kernel_id)
         async with self._lock(kernel_id):
             if self.registry.get(kernel_id) is None:
                 raise KernelNotFound(f"kernel {kernel_id} not found")
             record.status = "terminating"
+            if not suppress_events:
+                self.events.emit(ev.kernel_termination("kernel_terminating", kernel_id, record.session_id,
+                                                       reason, None))
             exit_code = None
             try:
                 exit_code = await self.backend.destroy(record)
             except BackendError as exc:
-                self.events.publish("agent_error", message=f"destroying {kernel_id}: {exc}")
+                self.events.emit(ev.agent_error(f"destroying {kernel_id}: {exc}"))
             finally:
-                await self._release(record, reason=reason, exit_code=exit_code)
+                await self._release(record, reason=reason, exit_code=exit_code,
+                                    suppress_events=suppress_events)
         return {"kernel_id": kernel_id, "exit_code": exit_code, "reason": reason}
 
     async def restart_kernel(self, kernel_id: str) -> KernelRecord:
@@ -383,6 +486,14 @@ class Agent:
                 "exit_code": result["exit_code"], "duration": result.get("duration"),
                 "console": [["stdout", result["stdout"]], ["stderr", result["stderr"]]],
                 "stdout": result["stdout"], "stderr": result["stderr"]}
+
+    async def ping_kernel(self, kernel_id: str) -> dict[str, Any]:
+        record = self._running(kernel_id)
+        try:
+            return await runner_request(record.runner_host, record.runner_port, record.runner_token,
+                                        {"op": "ping"}, timeout=5.0)
+        except RunnerError as exc:
+            raise KernelStateError(f"kernel {kernel_id}: {exc}") from exc
 
     async def interrupt_kernel(self, kernel_id: str) -> dict[str, Any]:
         record = self._running(kernel_id)
