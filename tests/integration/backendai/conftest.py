@@ -9,3 +9,6 @@ def pytest_collection_modifyitems(items):
         if "integration/backendai" in str(item.fspath):
             item.add_marker(pytest.mark.backendai)
             item.add_marker(pytest.mark.integration)
+            # The first test of a module also pays for the manager's set-up (about 45 s on an idle
+            # 2-core machine, minutes on a loaded one): a generous deadline, not pytest.ini's 300 s.
+            item.add_marker(pytest.mark.timeout(900))

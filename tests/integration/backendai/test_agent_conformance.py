@@ -22,6 +22,7 @@ from fixtures.backendai import (
     ARCHITECTURE,
     IMAGE_CANONICAL,
     REGISTRY,
+    REGISTRY_URL,
     SCALING_GROUP,
     GpufleetAgentProcess,
     make_rpc_keypair,
@@ -75,7 +76,7 @@ def scenario(agent: GpufleetAgentProcess, redis_server) -> dict:
         "rpc_ops.py", "scenario", *agent.rpc_args(),
         "--redis", f"127.0.0.1:{redis_server.port}", "--redis-password", redis_server.password,
         "--agent-id", agent.agent_id, "--image", IMAGE_CANONICAL, "--architecture", ARCHITECTURE,
-        "--registry", REGISTRY, "--registry-url", "http://127.0.0.1:1", "--scaling-group", SCALING_GROUP,
+        "--registry", REGISTRY, "--registry-url", REGISTRY_URL, "--scaling-group", SCALING_GROUP,
         "--image-labels", json.dumps(IMAGE_LABELS), "--batch-command", "exit 3", timeout=600)
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 from fixtures.backendai import manager_agents, run_peer, wait_agent_alive
 
-ALIVE_TIMEOUT = 90  # heartbeats every 3 s; the manager registers the agent on the first
+ALIVE_TIMEOUT = 240  # heartbeats every 3 s; the manager registers the agent on the first
 
 
 def list_agents(manager, status="ALIVE"):

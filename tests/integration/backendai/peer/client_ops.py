@@ -139,19 +139,19 @@ def main() -> int:
     p = sub.add_parser("create")
     p.add_argument("image")
     p.add_argument("--name")
-    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--timeout", type=float, default=300)
     for command, arg in (("execute", "code"), ("batch", "shell_command")):
         p = sub.add_parser(command)
         p.add_argument("name")
         p.add_argument(arg)
-        p.add_argument("--timeout", type=float, default=120)
+        p.add_argument("--timeout", type=float, default=300)
     p = sub.add_parser("destroy")
     p.add_argument("name")
     p = sub.add_parser("bench")
     p.add_argument("image")
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--executes", type=int, default=20)
-    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     calls = {
         "agents": lambda: list_agents(args.status),

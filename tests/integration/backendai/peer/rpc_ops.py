@@ -358,7 +358,7 @@ def main() -> int:
     p.add_argument("--redis-password")
     p.add_argument("--image-labels", default="{}")
     p.add_argument("--batch-command", default="exit 3")
-    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--timeout", type=float, default=300)
     p = sub.add_parser("events")
     p.add_argument("--redis", required=True)
     p.add_argument("--redis-password")
