@@ -12,13 +12,17 @@ CURVE on), then drives sessions with backend.ai-client 23.9.x from one client pr
 
     .venv/bin/python benchmarks/agent_latency_manager.py [--sessions 10] [--executes 20] [--json]
 
-The same measured directly against the agent (no manager) is benchmarks/agent_latency.py.
+For comparison, the same measured straight to a stand-alone agent with Backend.AI's own
+manager-side RPC code (PeerInvoker over callosum, CURVE on, no manager in between):
+create_kernels until the kernel_started event, and execute round trips. The gpufleet
+client's numbers (`gpufleet agent call`) are benchmarks/agent_latency.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,7 +32,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from fixtures.backendai import joined_agent, run_peer, running_manager, wait_agent_alive  # noqa: E402
+from fixtures.backendai import (  # noqa: E402
+    ARCHITECTURE,
+    IMAGE_CANONICAL,
+    REGISTRY,
+    REGISTRY_URL,
+    SCALING_GROUP,
+    GpufleetAgentProcess,
+    joined_agent,
+    make_rpc_keypair,
+    run_peer,
+    running_manager,
+    wait_agent_alive,
+)
 from fixtures.infra_services import make_etcd, make_redis  # noqa: E402
 
 
@@ -43,10 +59,32 @@ def summary(values: list[float]) -> dict[str, float]:
             "min_ms": round(min(ms), 1), "max_ms": round(max(ms), 1)}
 
 
+def measure_direct(workdir: Path, redis, args) -> dict:
+    """A stand-alone agent (Redis given directly) driven by rpc_ops.py's bench."""
+    keys = workdir / "direct-keys"
+    manager_key, agent_key = make_rpc_keypair(keys, "manager"), make_rpc_keypair(keys, "agent")
+    agent = GpufleetAgentProcess(workdir=Path(tempfile.mkdtemp(prefix="direct-", dir=workdir)),
+                                 agent_public_key=agent_key[0], agent_secret_key=agent_key[1],
+                                 manager_public_key=manager_key[0], manager_secret_key=manager_key[1],
+                                 redis=redis)
+    agent.write_config()
+    agent.start()
+    try:
+        return run_peer("rpc_ops.py", "bench", *agent.rpc_args(), "--redis", f"127.0.0.1:{redis.port}",
+                        "--redis-password", redis.password, "--agent-id", agent.agent_id,
+                        "--image", IMAGE_CANONICAL, "--architecture", ARCHITECTURE, "--registry", REGISTRY,
+                        "--registry-url", REGISTRY_URL, "--scaling-group", SCALING_GROUP,
+                        "--kernels", str(args.sessions), "--executes", str(args.executes), timeout=3600)
+    finally:
+        agent.kill_everything()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--executes", type=int, default=20, help="per session")
+    parser.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure straight to a stand-alone agent (default: on)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -66,24 +104,29 @@ def main() -> int:
                            "--executes", str(args.executes), env=manager.client_env(), timeout=3600)
             agent.kill_everything()
             agent = None
+        direct = measure_direct(workdir, redis, args) if args.direct else None
     finally:
         if agent is not None:
             agent.kill_everything()
         redis.stop()
         etcd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     result = {
         "setup_s": round(setup_seconds, 1),
         "create_to_running": summary(raw["create_to_running_s"]),
         "execute_roundtrip": summary(raw["execute_roundtrip_s"]),
         "destroy_call": summary(raw["destroy_call_s"]),
     }
+    if direct is not None:
+        result["direct_create_to_started"] = summary(direct["create_to_started_s"])
+        result["direct_execute_roundtrip"] = summary(direct["execute_roundtrip_s"])
     if args.json:
         print(json.dumps(result))
     else:
         print(f"stack up (PostgreSQL, manager, agent ALIVE) in {result['setup_s']} s")
-        for name in ("create_to_running", "execute_roundtrip", "destroy_call"):
+        for name in [key for key in result if key != "setup_s"]:
             s = result[name]
-            print(f"{name:18} n={s['n']:4}  p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms  "
+            print(f"{name:26} n={s['n']:4}  p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms  "
                   f"min {s['min_ms']:8.1f}  max {s['max_ms']:8.1f}")
     return 0
 

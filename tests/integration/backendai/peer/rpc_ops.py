@@ -12,6 +12,7 @@ Prints one JSON object on stdout (bytes as {"__bytes__": base64}, enums as
 
   call NAME [--args JSON] [--timeout S]      one call; "refused" when nothing answers in time
   scenario ...                               every RPC function in a manager's order
+  bench ... [--kernels N] [--executes M]     timings straight to the agent (benchmarks)
   events --redis H:P [--password P] [--source AGENT_ID] [--since ID]
 """
 
@@ -181,13 +182,14 @@ def last_event_id(args) -> str:
     return "(" + last[0][0].decode() if last else "-"
 
 
-async def wait_event(args, name: str, kernel_id: str, timeout: float, since: str = "-") -> dict | None:
+async def wait_event(args, name: str, kernel_id: str, timeout: float, since: str = "-",
+                     poll: float = 0.2) -> dict | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in read_events(args.redis, args.redis_password, args.agent_id, since):
             if entry["name"] == name and entry.get("event", {}).get("kernel_id") == kernel_id:
                 return entry
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll)
     return None
 
 
@@ -326,6 +328,36 @@ async def scenario(args) -> dict:
     return out
 
 
+async def bench(args) -> dict:
+    """Timings straight to the agent as the 23.09 manager talks to it (no manager in between):
+    create_kernels until its kernel_started event, execute round trips, destroy_kernel."""
+    create_s, execute_s, destroy_s = [], [], []
+    async with Manager(args.addr, args.agent_public_key, args.manager_keypair) as m:
+        for _ in range(args.kernels):
+            session_id, kernel_id = str(uuid.uuid4()), str(uuid.uuid4())
+            since = last_event_id(args)
+            started = time.monotonic()
+            created = await m.call("create_kernels", session_id, [kernel_id],
+                                   [kernel_config(args, kernel_id, session_id)], cluster_info(),
+                                   timeout=args.timeout)
+            event = await wait_event(args, "kernel_started", kernel_id, args.timeout, since, poll=0.02)
+            if not created["ok"] or event is None:
+                raise RuntimeError(f"kernel {kernel_id} did not start: {created}")
+            create_s.append(time.monotonic() - started)
+            for _ in range(args.executes):
+                started = time.monotonic()
+                out = await run_code(m, session_id, kernel_id, "query", "print(6*7)", {})
+                stdout = "".join(data for kind, data in out["console"] if kind == "stdout")
+                if stdout.strip() != "42":
+                    raise RuntimeError(f"execute returned {out['last']}")
+                execute_s.append(time.monotonic() - started)
+            started = time.monotonic()
+            await m.call("destroy_kernel", kernel_id, session_id, KernelLifecycleEventReason.USER_REQUESTED,
+                         timeout=args.timeout)
+            destroy_s.append(time.monotonic() - started)
+    return {"create_to_started_s": create_s, "execute_roundtrip_s": execute_s, "destroy_call_s": destroy_s}
+
+
 async def single_call(args) -> dict:
     try:
         async with Manager(args.addr, args.agent_public_key, args.manager_keypair) as m:
@@ -359,6 +391,16 @@ def main() -> int:
     p.add_argument("--image-labels", default="{}")
     p.add_argument("--batch-command", default="exit 3")
     p.add_argument("--timeout", type=float, default=300)
+    p = sub.add_parser("bench")
+    connection(p)
+    for option in ("--redis", "--agent-id", "--image", "--architecture", "--registry", "--registry-url",
+                   "--scaling-group"):
+        p.add_argument(option, required=True)
+    p.add_argument("--redis-password")
+    p.add_argument("--image-labels", default="{}")
+    p.add_argument("--kernels", type=int, default=10)
+    p.add_argument("--executes", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=300)
     p = sub.add_parser("events")
     p.add_argument("--redis", required=True)
     p.add_argument("--redis-password")
@@ -369,6 +411,8 @@ def main() -> int:
         result: Any = {"events": read_events(args.redis, args.redis_password, args.source, args.since)}
     elif args.command == "call":
         result = asyncio.run(single_call(args))
+    elif args.command == "bench":
+        result = asyncio.run(bench(args))
     else:
         result = asyncio.run(scenario(args))
     print(json.dumps(to_json(result)))
