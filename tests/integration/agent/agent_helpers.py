@@ -53,7 +53,7 @@ def client_auth_for(tmp_path: Path):
 
 
 def make_config(tmp_path: Path, *, etcd=None, redis=None, heartbeat=20.0, ports=20, namespace="test",
-                wait_for_manager=False, container_uid="agent", curve_auth=True, **agent_keys):
+                wait_for_manager=False, container_uid="agent", curve_auth=True, rpc=None, **agent_keys):
     low, high = free_port_range(ports)
     keys = rpc_keys(tmp_path)
     data = {
@@ -67,7 +67,8 @@ def make_config(tmp_path: Path, *, etcd=None, redis=None, heartbeat=20.0, ports=
         # (test_kernels_run_as_the_configured_user) covers the default, uid 1000.
         "container": {"port-range": f"{low}-{high}", "scratch-root": str(tmp_path / "scratch"),
                       "kernel-uid": container_uid},
-        "rpc": {"curve-auth": curve_auth, "require-root-owner": False, "max-request-bytes": 1 << 20},
+        "rpc": {"curve-auth": curve_auth, "require-root-owner": False, "max-request-bytes": 1 << 20,
+                **(rpc or {})},
         "http": {"addr": f"127.0.0.1:{free_port()}"},
         "debug": {"heartbeat-interval": heartbeat},
         "redis": {"addr": f"127.0.0.1:{free_port()}"},  # nobody there: events stay buffered

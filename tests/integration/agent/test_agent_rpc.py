@@ -381,3 +381,38 @@ async def test_a_kernel_that_fails_to_start_is_a_named_error_and_a_terminated_ev
     assert events(agent, "kernel_terminated")[-1][:3] == (kid, sid, reason)
     assert len(agent.registry) == 0 and agent.allocator.used()["cpu"] == 0
     assert "Traceback" not in caplog.text
+
+
+async def test_restart_kernel_is_silent_to_the_manager_and_gives_a_fresh_kernel(served):
+    agent, client = served
+    sid, kid, info = await create(client)
+    await client.call("execute", sid, kid, 2, "a", "query", "x = 1", {}, 5.0)
+    restarted = await client.call("restart_kernel", sid, kid, {})
+    # The keys 23.09's manager updates its kernel row from.
+    assert {"container_id", "repl_in_port", "repl_out_port", "stdin_port", "stdout_port"} <= set(restarted)
+    assert restarted["container_id"] != info["container_id"]
+    # As 23.09: no terminating/terminated/started events for a restart (the session stays RUNNING).
+    assert [n for n, _, _ in agent.events.buffer if n.startswith("kernel_")] == [
+        "kernel_preparing", "kernel_creating", "kernel_started"]
+    result = await client.call("execute", sid, kid, 2, "b", "query", "print('x' in dir())", {}, 5.0)
+    assert result["console"] == (("stdout", "False\n"),)
+
+
+async def test_calls_past_the_concurrency_bound_are_busy_and_past_the_deadline_are_answered(tmp_path):
+    instance, listeners = await start_agent(tmp_path, rpc={"max-concurrency": 2, "call-timeout": 1.5})
+    try:
+        auth = client_auth_for(tmp_path)
+        async with AgentRPCClient(rpc_address(instance.config), auth, timeout=30) as client:
+            sid, kid, _ = await create(client)
+            slow = "import time\ntime.sleep(1)"
+            calls = [client.call("execute", sid, kid, 2, f"r{i}", "query", slow, {}, 10.0) for i in range(2)]
+            outcomes = await asyncio.gather(*calls, client.call("ping", "third"), return_exceptions=True)
+            busy = [o for o in outcomes if isinstance(o, RpcCallError) and o.name == "AgentBusy"]
+            assert len(busy) == 1, outcomes
+            # A call that outlives call-timeout is answered DeadlineExceeded; the server carries on.
+            with pytest.raises(RpcCallError, match="DeadlineExceeded"):
+                await client.call("execute", sid, kid, 2, "long", "query", "time.sleep(5)", {}, 10.0)
+            assert await client.call("ping", "after") == "after"
+    finally:
+        await listeners.close()
+        await instance.stop(destroy_kernels=True)

@@ -346,13 +346,14 @@ class Agent:
     async def create_kernel(self, *, cpu: float = 1.0, mem: int = 512 << 20, gpus: int = 0,
                             service_ports: int = 0, session_id: str | None = None,
                             kernel_id: str | None = None, environ: dict[str, str] | None = None,
-                            image: str | None = None) -> KernelRecord:
+                            image: str | None = None, suppress_events: bool = False) -> KernelRecord:
         kid = kernel_id or str(uuid.uuid4())
         if self.registry.get(kid) is not None:
             raise KernelStateError(f"kernel {kid} already exists")
         session_id = session_id or kid
         self._creating.add(kid)
-        self.events.emit(ev.kernel_creation("kernel_preparing", kid, session_id))
+        if not suppress_events:
+            self.events.emit(ev.kernel_creation("kernel_preparing", kid, session_id))
         try:
             allocation = self.allocator.allocate(kid, cpu, mem, gpus)
         except ResourceError:
@@ -374,7 +375,8 @@ class Agent:
             scratch.create(self._kernel_environ(record), allocation.slots(), list(allocation.gpus))
             record.status = "creating"
             self.registry.put(record)
-            self.events.emit(ev.kernel_creation("kernel_creating", kid, session_id))
+            if not suppress_events:
+                self.events.emit(ev.kernel_creation("kernel_creating", kid, session_id))
             self._inject("create", kid)
             started = time.monotonic()
             await self.backend.create(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
@@ -399,8 +401,9 @@ class Agent:
             self.metrics.kernel_failures.inc()
             raise
         self._creating.discard(kid)
-        self.events.emit(ev.kernel_creation("kernel_started", kid, session_id,
-                                            creation_info=self.creation_info(record)))
+        if not suppress_events:
+            self.events.emit(ev.kernel_creation("kernel_started", kid, session_id,
+                                                creation_info=self.creation_info(record)))
         self.metrics.kernels.set(len(self.registry))
         return record
 
@@ -448,13 +451,18 @@ class Agent:
         return {"kernel_id": kernel_id, "exit_code": exit_code, "reason": reason}
 
     async def restart_kernel(self, kernel_id: str) -> KernelRecord:
-        """A fresh kernel with the same id and resources (the namespace is reset)."""
+        """A fresh kernel with the same id and resources (the namespace is reset).
+
+        As 23.09's agent restarts one, the manager hears nothing of the stop and the start (its
+        kernel stays RUNNING); only a re-creation that fails is reported terminated.
+        """
         record = self.get_kernel(kernel_id)
         slots = record.allocation_obj
-        await self.destroy_kernel(kernel_id, reason="restarting")
+        await self.destroy_kernel(kernel_id, reason="restarting", suppress_events=True)
         return await self.create_kernel(cpu=slots.cpu, mem=slots.mem, gpus=len(slots.gpus),
                                         service_ports=len(record.ports) - 1, session_id=record.session_id,
-                                        kernel_id=kernel_id, environ=record.environ, image=record.image)
+                                        kernel_id=kernel_id, environ=record.environ, image=record.image,
+                                        suppress_events=True)
 
     async def _kernel_exited(self, kernel_id: str, exit_code: int | None) -> None:
         record = self.registry.get(kernel_id)

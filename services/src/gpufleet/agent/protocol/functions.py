@@ -39,6 +39,7 @@ UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-
 MAX_TEXT = 1 << 20
 MAX_KERNELS_PER_CALL = 64
 MAX_ENVIRON = 256
+MAX_REPORTED_IMAGES = 256  # image references announced in the heartbeat
 # Backend.AI resource slots we allocate; anything else requested non-zero is refused.
 KNOWN_SLOTS = {"cpu", "mem", "cuda.device"}
 
@@ -327,7 +328,7 @@ class AgentFunctions:
         results = []
         for spec in specs:
             record = await self.agent.create_kernel(**spec)
-            if spec["image"]:
+            if spec["image"] and len(self.agent.known_images) < MAX_REPORTED_IMAGES:
                 self.agent.known_images.setdefault(spec["image"], "")
             results.append(self.agent.creation_info(record))
         return results
