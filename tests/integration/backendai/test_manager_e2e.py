@@ -124,3 +124,47 @@ def _json(value):
     import json
 
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _tcp_endpoints(pids: set[int]) -> list[tuple[str, str]]:
+    """(local, remote) hex address pairs of every TCP socket the processes hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    endpoints = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    endpoints.append((fields[1].split(":")[0], fields[2].split(":")[0]))
+    return endpoints
+
+
+LOOPBACK_OR_UNSET = {"0100007F", "00000000",  # 127.0.0.1, 0.0.0.0 (IPv4, little-endian hex)
+                     "00000000000000000000000001000000", "00000000000000000000000000000000",  # ::1, ::
+                     "0000000000000000FFFF00000100007F"}  # ::ffff:127.0.0.1
+
+
+def test_the_manager_talks_to_loopback_only(backendai_manager, gpufleet_agent, alive_agent):
+    """After a session's worth of work, every TCP socket of the manager's processes is on loopback."""
+    manager_pid = backendai_manager.process.pid
+    # start-server runs in its own process group (workers included)
+    pids = {int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == manager_pid}
+    endpoints = _tcp_endpoints(pids)
+    assert endpoints, "found no TCP sockets of the manager"
+    foreign = [pair for pair in endpoints if not set(pair) <= LOOPBACK_OR_UNSET]
+    assert not foreign, foreign
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
