@@ -14,7 +14,9 @@ CURVE on), then drives sessions with backend.ai-client 23.9.x from one client pr
 
 For comparison, the same measured straight to a stand-alone agent with Backend.AI's own
 manager-side RPC code (PeerInvoker over callosum, CURVE on, no manager in between):
-create_kernels until the kernel_started event, and execute round trips. The gpufleet
+create_kernels until the kernel_started event, and execute round trips on one kept
+connection and on a new connection (CURVE handshake) per call, as the manager's
+agent_cache opens one per call. The gpufleet
 client's numbers (`gpufleet agent call`) are benchmarks/agent_latency.py.
 """
 
@@ -69,12 +71,15 @@ def measure_direct(workdir: Path, redis, args) -> dict:
                                  redis=redis)
     agent.write_config()
     agent.start()
+    common = [*agent.rpc_args(), "--redis", f"127.0.0.1:{redis.port}", "--redis-password", redis.password,
+              "--agent-id", agent.agent_id, "--image", IMAGE_CANONICAL, "--architecture", ARCHITECTURE,
+              "--registry", REGISTRY, "--registry-url", REGISTRY_URL, "--scaling-group", SCALING_GROUP,
+              "--kernels", str(args.sessions), "--executes", str(args.executes)]
     try:
-        return run_peer("rpc_ops.py", "bench", *agent.rpc_args(), "--redis", f"127.0.0.1:{redis.port}",
-                        "--redis-password", redis.password, "--agent-id", agent.agent_id,
-                        "--image", IMAGE_CANONICAL, "--architecture", ARCHITECTURE, "--registry", REGISTRY,
-                        "--registry-url", REGISTRY_URL, "--scaling-group", SCALING_GROUP,
-                        "--kernels", str(args.sessions), "--executes", str(args.executes), timeout=3600)
+        kept = run_peer("rpc_ops.py", "bench", *common, timeout=3600)
+        fresh = run_peer("rpc_ops.py", "bench", *common, "--connect-per-call", timeout=3600)
+        kept["execute_connect_per_call_s"] = fresh["execute_roundtrip_s"]
+        return kept
     finally:
         agent.kill_everything()
 
@@ -120,6 +125,7 @@ def main() -> int:
     if direct is not None:
         result["direct_create_to_started"] = summary(direct["create_to_started_s"])
         result["direct_execute_roundtrip"] = summary(direct["execute_roundtrip_s"])
+        result["direct_execute_new_connection"] = summary(direct["execute_connect_per_call_s"])
     if args.json:
         print(json.dumps(result))
     else:

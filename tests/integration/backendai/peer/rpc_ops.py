@@ -346,7 +346,11 @@ async def bench(args) -> dict:
             create_s.append(time.monotonic() - started)
             for _ in range(args.executes):
                 started = time.monotonic()
-                out = await run_code(m, session_id, kernel_id, "query", "print(6*7)", {})
+                if args.connect_per_call:  # as the manager does: a new connection (and handshake) per call
+                    async with Manager(args.addr, args.agent_public_key, args.manager_keypair) as fresh:
+                        out = await run_code(fresh, session_id, kernel_id, "query", "print(6*7)", {})
+                else:
+                    out = await run_code(m, session_id, kernel_id, "query", "print(6*7)", {})
                 stdout = "".join(data for kind, data in out["console"] if kind == "stdout")
                 if stdout.strip() != "42":
                     raise RuntimeError(f"execute returned {out['last']}")
@@ -399,6 +403,7 @@ def main() -> int:
     p.add_argument("--redis-password")
     p.add_argument("--image-labels", default="{}")
     p.add_argument("--kernels", type=int, default=10)
+    p.add_argument("--connect-per-call", action="store_true")
     p.add_argument("--executes", type=int, default=20)
     p.add_argument("--timeout", type=float, default=300)
     p = sub.add_parser("events")
