@@ -85,6 +85,8 @@ class ManagerKeyAuthenticator(AbstractServerAuthenticator):
         self.agent_public_key = agent_public_key
         self.agent_secret_key = agent_secret_key
         self.allowed = set(allowed_client_keys)
+        self.refused = 0
+        self._last_warning = 0.0
 
     async def server_identity(self) -> Identity:
         return Identity(ZAP_DOMAIN, self.agent_secret_key)
@@ -92,7 +94,11 @@ class ManagerKeyAuthenticator(AbstractServerAuthenticator):
     async def check_client(self, creds: Credential) -> AuthResult:
         if creds.public_key in self.allowed:
             return AuthResult(success=True, user_id="manager")
-        log.warning("RPC connection refused: unknown CURVE public key")
+        self.refused += 1
+        # At most one line a minute: a flood of handshakes must not flood the journal.
+        if time.monotonic() - self._last_warning >= 60:
+            self._last_warning = time.monotonic()
+            log.warning("RPC connection refused: unknown CURVE public key (%d refused so far)", self.refused)
         return AuthResult(success=False)
 
     async def server_public_key(self) -> bytes:
