@@ -14,8 +14,6 @@ import base64
 import io
 import json
 import tarfile
-import tempfile
-from pathlib import Path
 
 import pytest
 from fixtures.backendai import (
@@ -51,13 +49,9 @@ HEARTBEAT_KEYS = {"resource_slots", "region", "addr", "public_host", "public_key
 
 
 @pytest.fixture(scope="module")
-def rpc_keys():
-    directory = Path(tempfile.mkdtemp(prefix="gpufleet-rpc-keys-"))
-    keys = {name: make_rpc_keypair(directory, name) for name in ("manager", "agent", "intruder")}
-    yield keys
-    for path in directory.iterdir():
-        path.unlink()
-    directory.rmdir()
+def rpc_keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rpc-keys")
+    return {name: make_rpc_keypair(directory, name) for name in ("manager", "agent", "intruder")}
 
 
 def start_agent(tmp_path_factory, rpc_keys, redis_server, curve: bool) -> GpufleetAgentProcess:
