@@ -1,5 +1,6 @@
 """End to end with a real Backend.AI 23.09 manager: the gpufleet agent joins it, the manager's
 API runs a session on it (backend.ai-client 23.9.x), and the agent survives a restart.
+The first tests check the harness itself, before the agent exists.
 
 The manager follows the agent's events (heartbeat, kernel_started, kernel_terminated), so
 every assertion here is about what the manager and its client see, never the agent's word.
@@ -7,12 +8,14 @@ every assertion here is about what the manager and its client see, never the age
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from decimal import Decimal
 
 import pytest
-from fixtures.backendai import manager_agents, run_peer, wait_agent_alive
+from fixtures.backendai import PEER_DIR, backendai_python, manager_agents, run_peer, wait_agent_alive
 
 ALIVE_TIMEOUT = 240  # heartbeats every 3 s; the manager registers the agent on the first
 
@@ -60,6 +63,32 @@ def wait_kernel_status(manager, session_id, status, timeout=120):
     raise AssertionError(f"kernels of {session_id} not {status} after {timeout}s: {rows}\n"
                          f"manager log:\n{manager.log_tail(3000)}")
 
+
+# -- the harness, before any agent exists ------------------------------------------------
+
+def test_manager_answers_a_signed_request_with_no_agents(backendai_manager):
+    listed = run_peer("client_ops.py", "agents", "--status", "ALIVE", env=backendai_manager.client_env())
+    assert listed == {"agents": [], "total": 0}
+
+
+def test_the_manager_refuses_a_wrong_secret_key(backendai_manager):
+    env = {**backendai_manager.client_env(), "BACKEND_SECRET_KEY": "x" * 40}
+    proc = subprocess.run([str(backendai_python()), str(PEER_DIR / "client_ops.py"), "agents"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stdout
+    assert "BackendAPIError(401" in json.loads(proc.stdout)["error"]
+
+
+def test_everything_the_manager_is_told_about_is_on_loopback(backendai_manager):
+    addresses = [line for line in backendai_manager.config_path.read_text().splitlines()
+                 if line.split("=")[0].strip() in ("addr", "service-addr")]
+    assert len(addresses) == 3
+    assert all('"127.0.0.1:' in line for line in addresses), addresses
+    assert backendai_manager.etcd_get("config/redis/addr") == f"127.0.0.1:{backendai_manager.redis.port}"
+    assert backendai_manager.etcd_get("volumes/proxies/local/manager_api").startswith("http://127.0.0.1:")
+
+
+# -- with the gpufleet agent ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def alive_agent(backendai_manager, gpufleet_agent):
@@ -121,8 +150,6 @@ def test_an_agent_restarted_mid_session_is_alive_again_and_its_kernel_answers(
 
 
 def _json(value):
-    import json
-
     return json.loads(value) if isinstance(value, str) else value
 
 
