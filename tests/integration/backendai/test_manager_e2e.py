@@ -107,6 +107,22 @@ def test_the_agent_appears_alive_with_its_slots(backendai_manager, gpufleet_agen
     assert all(v == 0 for v in _json(alive_agent["occupied_slots"]).values())
 
 
+def test_the_manager_reads_the_agents_live_stats(backendai_manager, gpufleet_agent, alive_agent):
+    """Node stats in Redis' stat database, msgpack, where the manager's GraphQL resolvers read them."""
+    deadline = time.monotonic() + ALIVE_TIMEOUT
+    agent = alive_agent
+    while not agent.get("live_stat") and time.monotonic() < deadline:
+        time.sleep(2)
+        agent = wait_alive(backendai_manager, gpufleet_agent.agent_id)
+    live_stat = _json(agent.get("live_stat"))
+    assert live_stat, f"the manager reads no live_stat for the agent: {agent}"
+    mem = live_stat["node"]["mem"]
+    assert Decimal(mem["capacity"]) == host_memory_bytes() - gpufleet_agent.reserved_mem
+    assert 0 <= Decimal(mem["current"]) <= Decimal(mem["capacity"])
+    # the manager's own resolver parses the same value
+    assert agent["mem_cur_bytes"] == int(Decimal(mem["current"]))
+
+
 def test_a_session_runs_through_the_managers_api(backendai_manager, gpufleet_agent, alive_agent):
     env = backendai_manager.client_env()
     created = run_peer("client_ops.py", "create", backendai_manager.image_alias, env=env)

@@ -26,7 +26,7 @@ from ai.backend.client.session import AsyncSession
 
 AGENT_FIELDS = [agent_fields[name] for name in (
     "id", "status", "scaling_group", "architecture", "available_slots", "occupied_slots", "addr",
-    "version", "compute_plugins", "first_contact", "lost_at",
+    "version", "compute_plugins", "first_contact", "lost_at", "live_stat", "mem_cur_bytes",
 )]
 
 
