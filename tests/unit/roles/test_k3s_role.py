@@ -4,6 +4,8 @@ the clean skip when no binary is obtainable."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from fixtures.ansible_runner import run_playbook
@@ -33,16 +35,20 @@ def render_configs(tmp_path, inventory, **extra_vars):
         "tasks": [
             {"name": "Checks", "ansible.builtin.include_role": {
                 "name": "gpufleet.cluster.k3s", "tasks_from": "assert", "public": True}},
-            {"name": "Show config", "ansible.builtin.debug": {"var": "k3s_config"}},
+            # Written to a file, not printed: the config holds the cluster token.
+            {"name": "Save config", "ansible.builtin.copy": {
+                "content": "{{ k3s_config | to_json }}",
+                "dest": f"{tmp_path}/{{{{ inventory_hostname }}}}.json", "mode": "0600"}},
         ]}]))
     result = run_playbook(playbook, tmp_path, inventory=inventory,
                           extra_vars={"ansible_python_interpreter": "{{ ansible_playbook_python }}",
                                       **extra_vars})
+    result.configs_dir = tmp_path
     return result
 
 
 def config_of(result, host):
-    return result.task("Show config", host=host)["k3s_config"]
+    return json.loads((result.configs_dir / f"{host}.json").read_text())
 
 
 def test_ha_embedded_etcd_topology(tmp_path):
