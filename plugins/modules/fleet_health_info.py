@@ -159,5 +159,6 @@ def run(module, api):
 def main():
     run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "listing the fleet")
 
-if __name__ == "__main__":
+
+if __name__ == \"__main__\":
     main()

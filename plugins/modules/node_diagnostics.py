@@ -141,5 +141,6 @@ def main():
     run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "diagnostics on %s" % params["name"],
                     node_names=["name"])
 
-if __name__ == "__main__":
+
+if __name__ == \"__main__\":
     main()
