@@ -160,5 +160,5 @@ def main():
     run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "listing the fleet")
 
 
-if __name__ == \"__main__\":
+if __name__ == "__main__":
     main()

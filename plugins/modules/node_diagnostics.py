@@ -142,5 +142,5 @@ def main():
                     node_names=["name"])
 
 
-if __name__ == \"__main__\":
+if __name__ == "__main__":
     main()

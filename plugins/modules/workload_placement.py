@@ -229,5 +229,5 @@ def main():
     run_kube_module(ARGUMENT_SPEC, run, what=lambda params: "workload placement")
 
 
-if __name__ == \"__main__\":
+if __name__ == "__main__":
     main()
