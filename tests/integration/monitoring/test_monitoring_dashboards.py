@@ -1,16 +1,18 @@
 """Every PromQL expression in the dashboards and alert rules parses (promtool) and reads only metrics
-the services export, taken from live /metrics scrapes of a health agent (simulated GPUs) and a kernel
-agent (local backend, one real kernel)."""
+the services export, taken from live /metrics scrapes of a health agent (simulated GPUs), a kernel
+agent (local backend, one real kernel) and the live GPU scheduler (against the API emulator)."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.request
 
 import aiohttp
 import pytest
 from aiohttp import web
-from fixtures.infra_services import free_port_range
+from fixtures.infra_services import free_port_range, wait_until
+from fixtures.kube_api import pod_object
 from gpufleet.agent.config import parse_config
 from gpufleet.agent.core import Agent
 from gpufleet.agent.resources import GpuDevice, SlotCapacity
@@ -18,6 +20,8 @@ from gpufleet.agent.rpc import http_app
 from gpufleet.gpu.simulated import SimulatedBackend, inject
 from gpufleet.health.config import config_from_dict
 from gpufleet.health.daemon import XID, HealthAgent
+from gpufleet.kube.api import KubeApi
+from gpufleet.placement.serve import GpuScheduler, ServeConfig
 from gpufleet.service import StatusHttpServer
 from monitoring_promql import (
     PROMETHEUS_OWN,
@@ -49,6 +53,31 @@ def exported_names(text: str) -> set[str]:
         if family.type == "histogram":
             names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
     return names
+
+
+@pytest.fixture
+def scheduler_scrape(kube_api):
+    """/metrics of a leading scheduler that bound one pod and refused another."""
+    kube_api.add_node("gpu-0", gpus=1)
+    for name, gpus in (("fits", 1), ("too-big", 4)):
+        pod = pod_object(name, gpus=gpus, phase="Pending")
+        pod["spec"]["schedulerName"] = "gpufleet"
+        kube_api.add_object("pods", pod)
+    scheduler = GpuScheduler(KubeApi(kube_api.api_client), ServeConfig(identity="scrape"))
+    stop = threading.Event()
+    thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
+    server = StatusHttpServer(scheduler, "127.0.0.1", 0).start()
+    thread.start()
+    try:
+        wait_until(lambda: (kube_api.get_pod("fits") or {}).get("spec", {}).get("nodeName")
+                   and scheduler.metrics.unschedulable.labels(reason="resources")._value.get(), 120,
+                   "a binding and a refusal")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+    finally:
+        stop.set()
+        thread.join(30)
+        server.stop()
 
 
 @pytest.fixture
@@ -143,8 +172,11 @@ def test_the_name_scan_finds_metrics_and_nothing_else():
     }
 
 
-async def test_dashboards_and_alerts_read_only_exported_metrics(health_scrape, agent_scrape):
-    exported = exported_names(health_scrape) | exported_names(agent_scrape) | PROMETHEUS_OWN
+async def test_dashboards_and_alerts_read_only_exported_metrics(health_scrape, agent_scrape,
+                                                                scheduler_scrape):
+    exported = PROMETHEUS_OWN.union(*(exported_names(scrape)
+                                      for scrape in (health_scrape, agent_scrape, scheduler_scrape)))
+    assert 'gpufleet_scheduler_bindings_total{result="ok"} 1.0' in scheduler_scrape
     # The scrapes have the series the dashboards are about, not just their declarations.
     assert 'gpufleet_health_gpu_xid_events_total{Hostname="sim-node-0"' in health_scrape
     assert 'container_metric_name="cuda_util"' in agent_scrape
@@ -158,4 +190,5 @@ async def test_dashboards_and_alerts_read_only_exported_metrics(health_scrape, a
         missing += [f"{where}: {name}" for name in sorted(names - exported)]
     assert missing == []
     # Every dashboard covers the three services' main series.
-    assert {"gpufleet_health_gpu_temperature_celsius", "backendai_container_utilization"} <= used
+    assert {"gpufleet_health_gpu_temperature_celsius", "backendai_container_utilization",
+            "gpufleet_scheduler_queue_depth"} <= used

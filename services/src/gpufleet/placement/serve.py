@@ -115,8 +115,8 @@ ALLOCATION = MetricSpec("gpufleet_scheduler_gpu_allocation_ratio", "gauge",
 IDLE_FRAGMENTS = MetricSpec("gpufleet_scheduler_gpu_partial_idle_ratio", "gauge",
                             "Idle GPU share left on partly used GPUs, of all idle GPU share (0..1)")
 LEADER = MetricSpec("gpufleet_scheduler_leader", "gauge", "1 while this instance holds the Lease")
-METRIC_SPECS = (QUEUE_DEPTH, DECISIONS, UNSCHEDULABLE, BINDINGS, BINDING_DURATION, SCHEDULING_DURATION,
-                ALLOCATION, IDLE_FRAGMENTS, LEADER)
+ALL_METRICS = (QUEUE_DEPTH, DECISIONS, UNSCHEDULABLE, BINDINGS, BINDING_DURATION, SCHEDULING_DURATION,
+               ALLOCATION, IDLE_FRAGMENTS, LEADER)
 
 
 class SchedulerMetrics:
@@ -131,6 +131,11 @@ class SchedulerMetrics:
         self.gpu_allocation_ratio = ALLOCATION.create(registry)
         self.gpu_partial_idle_ratio = IDLE_FRAGMENTS.create(registry)
         self.leader = LEADER.create(registry)
+        # Every result from the start, so rate() and "no binding in 15 minutes" see a zero, not nothing.
+        for result in ("placed", "unschedulable"):
+            self.decisions.labels(result=result)
+        for result in ("ok", "error"):
+            self.bindings.labels(result=result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
