@@ -32,6 +32,7 @@ from gpufleet.agent.core import Agent, KernelNotFound, KernelStateError
 from gpufleet.agent.protocol.codec import BinarySize, ClusterMode, KernelLifecycleEventReason
 from gpufleet.agent.protocol.server import InvalidRequest, RPCFault
 from gpufleet.agent.resources import ResourceError
+from gpufleet.config_model import size
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,11 @@ def size_arg(name: str, value: Any) -> int:
     """Bytes as Backend.AI writes them: an int, a BinarySize, a decimal string or '4g'-style text."""
     if isinstance(value, (BinarySize, int)) and not isinstance(value, bool):
         return int_arg(name, int(value), 0, 1 << 60)
-    if isinstance(value, str):
-        text = value.strip().lower().rstrip("b").rstrip("i")
-        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-        if text and text[-1] in units:
-            return int(number_arg(name, text[:-1], 0, 1 << 30) * units[text[-1]])
-        return int(number_arg(name, text, 0, 1 << 60))
+    if isinstance(value, str):  # the one size syntax, as in agent.toml
+        try:
+            return int_arg(name, size(value), 0, 1 << 60)
+        except ValueError as exc:
+            raise InvalidArgument(f"{name}: {exc}") from None
     return int(number_arg(name, value, 0, 1 << 60))
 
 
