@@ -41,7 +41,7 @@ def open_errno(path: str) -> str:
 async def main() -> dict:
     root = Path(tempfile.mkdtemp(prefix="gpufleet-iso-", dir="/var/lib"))
     root.chmod(0o711)
-    token = root / "token"
+    token = root / "token"  # a root-only secret the kernels try to reach
     token.write_text("probe-token")
     token.chmod(0o600)
     config = parse_config({
@@ -52,7 +52,7 @@ async def main() -> dict:
         "container": {"port-range": "31500-31540", "scratch-root": str(root / "scratch"),
                       "kernel-uid": 1000, "kernel-uid-range": "61000-61009"},
         "resource": {"gpus": 2, "reserved-cpu": 0, "reserved-mem": 0},
-        "rpc": {"token-file": str(token)},
+        "rpc": {"curve-auth": False},  # the probe drives the agent's core in-process, not its RPC
         "debug": {"heartbeat-interval": 60},
     })
     agent = Agent(config)
