@@ -56,8 +56,9 @@ def test_scheduler_without_an_api_is_alive_not_ready_and_stops_cleanly(host):
     assert detail["api_reachable"] is False and detail["leader"] is False
     metrics = host.run_test("curl -s http://127.0.0.1:9402/metrics").stdout
     assert "gpufleet_scheduler_leader 0.0" in metrics
-    user = host.run_test("ps -o user= -C gpufleet").stdout.split()
-    assert user and "root" not in user, f"runs as {user}"
+    pid = host.run_test("systemctl show -p MainPID --value gpufleet-scheduler").stdout.strip()
+    status = host.file(f"/proc/{pid}/status").content_string
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
     host.run_test("systemctl stop gpufleet-scheduler")
     result = host.run_test("systemctl show -p Result -p ExecMainStatus gpufleet-scheduler").stdout
     assert "Result=success" in result and "ExecMainStatus=0" in result
