@@ -123,17 +123,7 @@ def cli_commands() -> list[tuple[str, ...]]:
     return list(walk(main, (), click.Context(main, info_name="gpufleet")))
 
 
-# `gpufleet agent call` resolves its token in the group callback, before a subcommand
-# sees --help (agent/cli.py, branch bai's file: reported, not fixed here).
-KNOWN_BROKEN_HELP = pytest.mark.xfail(
-    strict=True, reason="agent call's group demands a token before a subcommand's --help")
-
-
-@pytest.mark.parametrize(
-    "command",
-    [pytest.param(c, marks=KNOWN_BROKEN_HELP) if c[:2] == ("agent", "call") and len(c) > 2 else c
-     for c in cli_commands()],
-    ids=lambda c: " ".join(("gpufleet", *c)))
+@pytest.mark.parametrize("command", cli_commands(), ids=lambda c: " ".join(("gpufleet", *c)))
 def test_cli_command_prints_its_help(node_venv, command):
     proc = run_in(node_venv, node_venv / "bin" / "gpufleet", *command, "--help")
     assert proc.returncode == 0, proc.stdout + proc.stderr

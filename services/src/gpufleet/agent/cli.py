@@ -77,17 +77,26 @@ DEFAULT_MANAGER_KEYPAIR = Path("~/.config/gpufleet/rpc-keys/manager.key_secret")
 
 
 class CallContext:
-    def __init__(self, address: str, auth: Any, as_json: bool, timeout: float) -> None:
-        self.address = address
-        self.auth = auth
+    """Where and how to call; the target (config, keys) is resolved at the first call, so that a
+    subcommand's --help works without keys."""
+
+    def __init__(self, resolve_target: Any, as_json: bool, timeout: float) -> None:
+        self._resolve_target = resolve_target
+        self._target: tuple[str, Any] | None = None
         self.as_json = as_json
         self.timeout = timeout
+
+    def _resolved(self) -> tuple[str, Any]:
+        if self._target is None:
+            self._target = self._resolve_target()
+        return self._target
 
     def call(self, method: str, *args: Any) -> Any:
         from gpufleet.agent.client import AgentUnreachable, RpcCallError, call_agent
 
+        address, auth = self._resolved()
         try:
-            return call_agent(self.address, self.auth, method, *args, timeout=self.timeout)
+            return call_agent(address, auth, method, *args, timeout=self.timeout)
         except RpcCallError as exc:
             raise click.ClickException(str(exc)) from None
         except AgentUnreachable as exc:
@@ -168,8 +177,9 @@ def _resolve_target(config_path: Path | None, address: str | None, manager_keypa
 def call(ctx: click.Context, config_path, address, manager_keypair, agent_public_key, no_auth, as_json,
          timeout) -> None:
     """Call the kernel agent over Backend.AI's RPC (callosum/ZeroMQ, CURVE), as a manager does."""
-    address, auth = _resolve_target(config_path, address, manager_keypair, agent_public_key, no_auth)
-    ctx.obj = CallContext(address, auth, as_json, timeout)
+    ctx.obj = CallContext(
+        lambda: _resolve_target(config_path, address, manager_keypair, agent_public_key, no_auth),
+        as_json, timeout)
 
 
 pass_call = click.make_pass_decorator(CallContext)
