@@ -219,3 +219,21 @@ def test_check_level_runs_dcgm_and_writes_termination_log(tmp_path, monkeypatch)
     assert message["verdict"] == "fail" and message["severity"] == "REBOOT"
     assert message["findings"][0]["severity"] == "REBOOT"
     assert verdict("failed", log.read_text())["recommendation"] == "reboot"
+
+
+def test_check_keeps_a_corrupt_state_file_aside_and_says_so(tmp_path, caplog):
+    state = tmp_path / "state.json"
+    state.write_text('{"version": 1, "counters": ')  # cut short, as a full disk leaves it
+    args = ("health", "check", "--backend", "simulated", "--faults", str(tmp_path / "f.json"))
+    result = run(*args, "--state", str(state), "--checks", "xid")
+    assert result.exit_code == 0, result.output
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("state.json.corrupt-")]
+    assert len(kept) == 1 and kept[0].read_text() == '{"version": 1, "counters": '
+    assert json.loads(state.read_text())["version"] == 1  # a fresh state written in its place
+    assert any("state file is corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_check_with_an_unreadable_state_path_is_a_usage_error(tmp_path):
+    result = run("health", "check", "--backend", "simulated", "--faults", str(tmp_path / "f.json"),
+                 "--state", str(tmp_path), "--checks", "xid")  # a directory: read fails with EISDIR
+    assert result.exit_code == 2 and "--state" in result.output

@@ -119,7 +119,10 @@ def check_command(
         gpu_backend = open_backend(backend, **options)
     except (FleetSpecError, OSError) as exc:
         raise click.UsageError(str(exc)) from exc
-    state = HealthState.load(state_file) if state_file else HealthState()
+    try:
+        state = HealthState.load(state_file) if state_file else HealthState()
+    except OSError as exc:
+        raise click.UsageError(f"--state {state_file}: {exc.strerror}") from None
     try:
         engine = HealthEngine(
             gpu_backend,

@@ -109,8 +109,20 @@ class HealthState:
 
     @classmethod
     def load(cls, path: Path) -> HealthState:
-        """The saved state, or a fresh one when the file is missing or unreadable."""
+        """The saved state, or a fresh one when the file is missing; a corrupt file is kept aside
+        (with an error logged), never silently dropped."""
+        from gpufleet.health.sinks.state_file import keep_corrupt_aside
+
+        path = Path(path)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return cls.from_dict(data)
+        except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, or JSON of the wrong shape
+            keep_corrupt_aside(path, len(raw), exc)
             return cls()

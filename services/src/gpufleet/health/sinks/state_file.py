@@ -57,6 +57,28 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def keep_corrupt_aside(path: Path, size: int, error: Exception) -> Path | None:
+    """Move a corrupt state file aside (never silently dropped: an operator may want it) and log it."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside: Path | None = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        aside = None
+    log.error(
+        "state file is corrupt; kept aside, starting without memory (the node's fence stays the truth)",
+        extra={
+            "fields": {
+                "path": str(path),
+                "kept_as": str(aside) if aside else None,
+                "bytes": size,
+                "error": str(error)[:200],
+            }
+        },
+    )
+    return aside
+
+
 def load_state(path: Path | str) -> tuple[dict[str, Any], str]:
     """(state, STATE_OK | STATE_MISSING | STATE_CORRUPT). A corrupt file is moved aside and logged."""
     path = Path(path)
@@ -75,22 +97,7 @@ def load_state(path: Path | str) -> tuple[dict[str, Any], str]:
         if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
             raise ValueError(f"not a {STATE_SCHEMA} document")
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            aside = None
-        log.error(
-            "state file is corrupt; kept aside, starting without memory (the node's fence stays the truth)",
-            extra={
-                "fields": {
-                    "path": str(path),
-                    "kept_as": str(aside) if aside else None,
-                    "bytes": len(raw),
-                    "error": str(exc)[:200],
-                }
-            },
-        )
+        keep_corrupt_aside(path, len(raw), exc)
         return {}, STATE_CORRUPT
     return data, STATE_OK
 
