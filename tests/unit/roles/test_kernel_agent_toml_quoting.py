@@ -19,6 +19,9 @@ ROLE = Path(__file__).resolve().parents[3] / "roles" / "kernel_agent"
 # A quote, a backslash followed by b (TOML would read "\b" as a backspace), a
 # backslash at the end and a tab: each one breaks or silently changes an unquoted value.
 NASTY_PASSWORD = 'pa"ss\\bw\tord\\'
+# What to_json gets wrong in TOML: DEL (raw in JSON, forbidden in TOML), a character beyond
+# U+FFFF (a surrogate pair in JSON, refused by TOML), a NUL; and spaces at both ends, kept.
+ODD_PASSWORD = " p\x7fa\U0001f512ss\x00 "
 
 
 def render(ansible_playbook, tmp_path, **role_vars) -> str:
@@ -59,3 +62,11 @@ def test_password_with_quote_and_backslash_round_trips(ansible_playbook, tmp_pat
     assert (config.etcd.cert_file, config.etcd.key_file) == ("/etc/gpufleet/etcd/client.crt",
                                                              "/etc/gpufleet/etcd/client.key")
     assert str(config.redis_addr) == "10.0.0.2:6479"
+
+
+def test_del_astral_and_surrounding_spaces_round_trip(ansible_playbook, tmp_path):
+    render(ansible_playbook, tmp_path, kernel_agent_redis_password=ODD_PASSWORD,
+           kernel_agent_scaling_group="gpu-\U0001f680")
+    config = load_config(tmp_path / "agent.toml")
+    assert config.redis_password == ODD_PASSWORD
+    assert tomllib.loads((tmp_path / "agent.toml").read_text())["agent"]["scaling-group"] == "gpu-\U0001f680"
