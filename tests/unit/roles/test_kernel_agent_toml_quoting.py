@@ -59,3 +59,11 @@ def test_password_with_quote_and_backslash_round_trips(ansible_playbook, tmp_pat
     assert (config.etcd.cert_file, config.etcd.key_file) == ("/etc/gpufleet/etcd/client.crt",
                                                              "/etc/gpufleet/etcd/client.key")
     assert str(config.redis_addr) == "10.0.0.2:6479"
+
+
+def test_kernel_python_is_written_only_when_set(ansible_playbook, tmp_path):
+    default = render(ansible_playbook, tmp_path)
+    assert "kernel-python" not in tomllib.loads(default)["container"]
+    assert load_config(tmp_path / "agent.toml").container.kernel_python is None
+    render(ansible_playbook, tmp_path, kernel_agent_kernel_python="/usr/bin/python3")
+    assert load_config(tmp_path / "agent.toml").container.kernel_python == "/usr/bin/python3"
