@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from fixtures.infra_services import free_port_range
@@ -19,6 +22,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def python_for_uid(uid: int) -> str | None:
+    """A Python another uid can run (the runner needs only the standard library), or None.
+
+    The test venv's interpreter may live where only root reaches (pyenv under /root), so the
+    candidates are tried for real, as that uid."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"):
+        if not os.path.isfile(candidate):
+            continue
+        try:
+            probe = subprocess.run([candidate, "-c", "import json, socketserver"], user=uid, group=uid,
+                                   extra_groups=[], cwd="/", capture_output=True, check=False)
+        except OSError:  # not executable by that uid (e.g. a directory above it is 0700)
+            continue
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def real_uids(pid: int | str) -> tuple[int, ...] | None:
+    """(real, effective, saved, filesystem) uid of a live (not zombie) process, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+    except OSError:
+        return None
+    if fields["State"].strip().startswith("Z"):
+        return None
+    return tuple(int(uid) for uid in fields["Uid"].split())
+
+
+def pids_of_uids(low: int, high: int) -> list[int]:
+    """Live processes whose real uid is in LOW-HIGH."""
+    return [int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and low <= ((real_uids(pid) or (-1,))[0]) <= high]
 
 
 def rpc_keys(tmp_path: Path) -> dict[str, Path]:

@@ -1,5 +1,8 @@
 """The RPC under hostile input, against a real `gpufleet agent run` process.
 
+The agent runs as root and gives every kernel a uid of its own from `[container]
+kernel-uid-range`, as in production (a test checks the kernels really run as those uids):
+
 - a hypothesis fuzz over the msgpack RPC (>= 500 examples, bounded): every request is
   answered with a result or a named error, the log holds no traceback, the agent keeps
   serving afterwards;
@@ -8,27 +11,48 @@
 """
 
 import asyncio
+import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 import zmq.auth
-from agent_helpers import client_auth_for, free_port, free_port_range, rpc_keys
+from agent_helpers import (
+    client_auth_for,
+    free_port,
+    free_port_range,
+    pids_of_uids,
+    python_for_uid,
+    real_uids,
+    rpc_keys,
+)
 from gpufleet.agent.client import AgentRPCClient
 from gpufleet.agent.protocol.codec import packb
 from gpufleet.agent.protocol.functions import FUNCTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytestmark = pytest.mark.integration
+# Kernel uids of this module only (test_kernel_isolation.py uses 60100-60199): teardown kills
+# whatever still runs as one of them.
+KERNEL_UIDS = (60400, 60499)
+KERNEL_PYTHON = python_for_uid(KERNEL_UIDS[1])
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0 or KERNEL_PYTHON is None,
+                       reason="kernels as other uids need a root agent and a Python those uids may run"),
+]
 
 FLOOD_CONNECTIONS = 1500
 
@@ -36,6 +60,10 @@ FLOOD_CONNECTIONS = 1500
 @pytest.fixture(scope="module")
 def agent_process(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
+    # pytest's tmp dirs are root's alone (0700): the kernels' scratch lives where their uids
+    # can traverse to it, as under /var/lib.
+    parent = Path(tempfile.mkdtemp(prefix="gpufleet-fuzz-"))
+    parent.chmod(0o711)
     keys = rpc_keys(tmp)
     low, high = free_port_range(20)
     rpc_port, http_port = free_port(), free_port()
@@ -53,10 +81,12 @@ rpc-auth-manager-public-key = "{keys['manager_public']}"
 kernel-ready-timeout = 20
 [container]
 port-range = "{low}-{high}"
-scratch-root = "{tmp / 'scratch'}"
-kernel-uid = "agent"
+scratch-root = "{parent / 'scratch'}"
+kernel-uid-range = "{KERNEL_UIDS[0]}-{KERNEL_UIDS[1]}"
+kernel-python = "{KERNEL_PYTHON}"
 [resource]
 gpus = 2
+reserved-cpu = 0
 [rpc]
 require-root-owner = false
 max-request-bytes = 1048576
@@ -86,6 +116,11 @@ addr = "127.0.0.1:1"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(5)
     log.close()
+    # Even after a failure half-way: nothing of this module's kernel uids outlives it.
+    for pid in pids_of_uids(*KERNEL_UIDS):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def ping(agent, message="alive"):
@@ -94,6 +129,36 @@ def ping(agent, message="alive"):
             return await client.call("ping", message)
 
     return asyncio.run(once())
+
+
+def test_kernels_run_as_uids_of_their_own_not_the_agents(agent_process):
+    """Guards the fuzz below: it must meet kernels as production runs them, not as root."""
+    agent_uid = real_uids(agent_process["process"].pid)[0]
+    assert agent_uid == 0
+    code = "import os; print(os.getuid(), os.getgid(), os.getpid())"
+    config = {"image": {"canonical": "python"}, "resource_slots": {"cpu": "0.25", "mem": "268435456"}}
+
+    async def two_kernels():
+        async with AgentRPCClient(agent_process["address"], client_auth_for(agent_process["tmp"]),
+                                  timeout=60) as client:
+            seen = []
+            for _ in range(2):
+                sid = kid = str(uuid.uuid4())
+                await client.call("create_kernels", sid, [kid], [config], {"mode": "single-node"})
+                result = await client.call("execute", sid, kid, 2, "r1", "query", code, {}, 10.0)
+                uid, gid, pid = (int(x) for x in result["console"][0][1].split())
+                # What the kernel says of itself, and what the host's process table says of it.
+                seen.append((kid, sid, uid, gid, real_uids(pid)))
+            for kid, sid, *_ in seen:
+                await client.call("destroy_kernel", kid, sid)
+            return seen
+
+    seen = asyncio.run(two_kernels())
+    uids = {uid for _, _, uid, _, _ in seen}
+    assert len(uids) == 2 and agent_uid not in uids
+    for _, _, uid, gid, process_uids in seen:
+        assert KERNEL_UIDS[0] <= uid <= KERNEL_UIDS[1] and gid == uid and process_uids == (uid,) * 4
+    assert pids_of_uids(*KERNEL_UIDS) == []  # destroyed with everything they ran
 
 
 class RawClient:
@@ -195,15 +260,16 @@ def test_connection_flood_then_an_authenticated_create_succeeds(agent_process):
                                       timeout=60) as client:
                 sid = kid = str(uuid.uuid4())
                 config = {"image": {"canonical": "python"},
-                          "resource_slots": {"cpu": "1", "mem": "268435456"}}
+                          "resource_slots": {"cpu": "0.25", "mem": "268435456"}}
                 await client.call("create_kernels", sid, [kid], [config], {"mode": "single-node"})
-                result = await client.call("execute", sid, kid, 2, "r1", "query", "print(6*7)", {}, 10.0)
+                result = await client.call("execute", sid, kid, 2, "r1", "query",
+                                           "import os; print(6*7, os.getuid() != 0)", {}, 10.0)
                 await client.call("destroy_kernel", kid, sid)
                 return result
 
         started = time.monotonic()
         result = asyncio.run(create_and_run())
-        assert result["console"] == (("stdout", "42\n"),)
+        assert result["console"] == (("stdout", "42 True\n"),)
         assert time.monotonic() - started < 60
     finally:
         for sock in flood:

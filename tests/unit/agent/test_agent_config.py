@@ -191,3 +191,20 @@ def test_gpus_may_come_from_the_simulated_backend():
     assert parse_config({"resource": {"gpus": "simulated"}}).resource.gpus == "simulated"
     with pytest.raises(ConfigError, match=r"^\[resource\] gpus"):
         parse_config({"resource": {"gpus": "fake"}})
+
+
+def test_kernel_python_is_an_absolute_path_or_the_agents_own():
+    import sys
+
+    from gpufleet.agent.core import make_backend
+
+    assert parse_config({}).container.kernel_python is None
+    assert parse_config({"container": {"kernel-python": ""}}).container.kernel_python is None
+    assert make_backend(parse_config({})).python == sys.executable
+    config = parse_config({"container": {"kernel-python": "/usr/bin/python3"}})
+    assert config.container.kernel_python == "/usr/bin/python3"
+    assert make_backend(config).python == "/usr/bin/python3"
+    assert config.as_public_dict()["container"]["kernel-python"] == "/usr/bin/python3"
+    for bad in ("python3", "bin/python", 3):
+        with pytest.raises(ConfigError, match=r"^\[container\] kernel-python"):
+            parse_config({"container": {"kernel-python": bad}})

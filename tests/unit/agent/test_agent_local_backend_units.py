@@ -4,9 +4,11 @@ from gpufleet.agent.backends.local import kernel_environment, runner_argv, syste
 from gpufleet.agent.registry import KernelRecord
 
 
-def record(gpus=(1, 3), cpu=1.5, mem=2 << 30):
-    return KernelRecord(kernel_id="abc123", session_id="sess", status="creating",
-                        allocation={"kernel_id": "abc123", "cpu": cpu, "mem": mem, "gpus": list(gpus)},
+def record(gpus=(1, 3), cpu=1.5, mem=2 << 30, minors=None):
+    allocation = {"kernel_id": "abc123", "cpu": cpu, "mem": mem, "gpus": list(gpus)}
+    if minors is not None:
+        allocation["gpu_minors"] = list(minors)
+    return KernelRecord(kernel_id="abc123", session_id="sess", status="creating", allocation=allocation,
                         ports=[30000], environ={"EXTRA": "1"})
 
 
@@ -61,6 +63,13 @@ def test_kernel_unit_is_sandboxed_and_gets_only_its_gpu_devices():
     assert sorted(p for p in props if p.startswith("DeviceAllow=")) == sorted(
         f"DeviceAllow={d} rw" for d in ("/dev/nvidia1", "/dev/nvidia3", "/dev/nvidiactl", "/dev/nvidia-uvm",
                                         "/dev/nvidia-uvm-tools"))
+    # The device nodes are the GPUs' minor numbers; CUDA_VISIBLE_DEVICES keeps the indices.
+    by_minor = systemd_run_argv(record(gpus=(1, 3), minors=(6, 0)), {"CUDA_VISIBLE_DEVICES": "1,3"}, ["x"],
+                                Path("/w"), Path("/l"))
+    assert sorted(a for a in by_minor if a.startswith("--property=DeviceAllow=")) == sorted(
+        f"--property=DeviceAllow={d} rw" for d in ("/dev/nvidia6", "/dev/nvidia0", "/dev/nvidiactl",
+                                                   "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"))
+    assert "--setenv=CUDA_VISIBLE_DEVICES=1,3" in by_minor
     no_gpu = systemd_run_argv(record(gpus=()), {}, ["x"], Path("/w"), Path("/l"))
     assert "--property=DevicePolicy=closed" in no_gpu and not [a for a in no_gpu if "DeviceAllow" in a]
 

@@ -136,3 +136,25 @@ def test_an_unreadable_health_state_holds_nothing_back(tmp_path, content):
     state.write_text(content)
     assert unhealthy_gpu_uuids(state) == set()
     assert unhealthy_gpu_uuids(tmp_path / "missing.json") == set()
+
+
+def test_allocations_carry_each_gpus_minor_number(tmp_path, monkeypatch):
+    """/dev/nvidiaN is the GPU's minor number, which NVML may report apart from its index."""
+    from gpufleet.agent.resources import Allocation
+    from gpufleet.gpu import simulated
+
+    faults = tmp_path / "faults.json"
+    simulated.write_faults(faults, {"nodes": {"sim-node-0": {"gpus": {"0": {"minor_number": 5},
+                                                                      "5": {"minor_number": 0}}}}})
+    monkeypatch.setattr(simulated, "DEFAULT_FAULTS_PATH", faults)
+    capacity = SlotCapacity(cpu=64, mem=64 * GIB, gpus=detect_gpus("simulated"))
+    assert [g.minor for g in capacity.gpus] == [5, 1, 2, 3, 4, 0, 6, 7]
+    allocation = ResourceAllocator(capacity).allocate("k1", 1, GIB, 2)
+    assert (allocation.gpus, allocation.gpu_minors) == ((0, 1), (5, 1))
+    assert Allocation.from_dict(allocation.to_dict()) == allocation
+    # A registry entry written before minors were kept: minor = index, as then assumed.
+    old = Allocation.from_dict({"kernel_id": "k0", "cpu": 1, "mem": GIB, "gpus": [2, 3]})
+    assert old.gpu_minors == (2, 3)
+    # Configured GPUs (no NVML): minor = index.
+    configured = ResourceAllocator(SlotCapacity(cpu=4, mem=GIB, gpus=detect_gpus(2)))
+    assert configured.allocate("k2", 1, 1, 2).gpu_minors == (0, 1)

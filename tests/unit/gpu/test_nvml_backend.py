@@ -74,6 +74,8 @@ class FakeNode:
                 "nvmlDeviceGetMemoryInfo", SimpleNamespace(total=81559 * 2**20, used=1024 * 2**20)
             ),
             "nvmlDeviceGetArchitecture": self.fn("nvmlDeviceGetArchitecture", pynvml.NVML_DEVICE_ARCH_HOPPER),
+            # /dev/nvidia<minor> in another order than NVML's indices, as on some hosts
+            "nvmlDeviceGetMinorNumber": self.fn("nvmlDeviceGetMinorNumber", lambda h: 7 - h),
             "nvmlDeviceGetTemperature": self.fn("nvmlDeviceGetTemperature", 41),
             "nvmlDeviceGetPowerUsage": self.fn("nvmlDeviceGetPowerUsage", 123456),
             "nvmlDeviceGetEnforcedPowerLimit": self.fn("nvmlDeviceGetEnforcedPowerLimit", 700000),
@@ -132,6 +134,7 @@ def test_reads_every_field(node):
     gpu = reading.gpus[0]
     assert gpu.uuid == "GPU-00000000" and gpu.model == "NVIDIA H100 80GB HBM3"
     assert gpu.pci_bus_id == "00000000:18:00.0" and gpu.architecture == "hopper"
+    assert [g.minor_number for g in reading.gpus] == [7, 6]
     assert gpu.memory_total_mib == 81559 and gpu.memory_used_mib == 1024
     assert gpu.temperature_c == 41 and gpu.power_w == pytest.approx(123.456) and gpu.power_limit_w == 700.0
     assert gpu.clock_sm_mhz == 1980 and gpu.clock_mem_mhz == 2619 and gpu.throttle_reasons == 0x41
@@ -159,11 +162,13 @@ def test_not_supported_is_absent_not_a_fault(node):
         "nvmlDeviceGetTemperature",
         "nvmlDeviceGetPcieReplayCounter",
         "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetMinorNumber",
     ):
         node.failures[(name, 1)] = pynvml.NVML_ERROR_NOT_SUPPORTED
     reading = NvmlBackend().read()
     assert reading.errors == []
     gpu = reading.gpus[1]
+    assert gpu.minor_number is None
     assert gpu.remapped_rows is None and gpu.temperature_c is None and gpu.pcie.replay_counter is None
     assert gpu.throttle_reasons == 0x1  # fell back to the older API
     assert reading.gpus[0].throttle_reasons == 0x41

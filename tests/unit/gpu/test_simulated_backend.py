@@ -119,3 +119,11 @@ def test_fault_file_keeps_last_good_content_on_bad_json(tmp_path):
     path.write_text("{not json")
     fault_file.refresh()
     assert fault_file.node("n") == {"nvml_error": "X"}
+
+
+def test_minor_numbers_are_the_indices_unless_set(tmp_path):
+    faults = tmp_path / "f.json"
+    backend = SimulatedBackend(faults=faults)
+    assert [g.minor_number for g in backend.read().gpus] == list(range(8))
+    inject(faults, backend.node, gpu=2, settings={"minor_number": 9})
+    assert [g.minor_number for g in backend.read().gpus] == [0, 1, 9, 3, 4, 5, 6, 7]

@@ -70,3 +70,11 @@ def test_del_astral_and_surrounding_spaces_round_trip(ansible_playbook, tmp_path
     config = load_config(tmp_path / "agent.toml")
     assert config.redis_password == ODD_PASSWORD
     assert tomllib.loads((tmp_path / "agent.toml").read_text())["agent"]["scaling-group"] == "gpu-\U0001f680"
+
+
+def test_kernel_python_is_written_only_when_set(ansible_playbook, tmp_path):
+    default = render(ansible_playbook, tmp_path)
+    assert "kernel-python" not in tomllib.loads(default)["container"]
+    assert load_config(tmp_path / "agent.toml").container.kernel_python is None
+    render(ansible_playbook, tmp_path, kernel_agent_kernel_python="/usr/bin/python3")
+    assert load_config(tmp_path / "agent.toml").container.kernel_python == "/usr/bin/python3"

@@ -29,6 +29,7 @@ from gpufleet.config_model import (
     Section,
     Size,
     Text,
+    absolute_path,
     number,
     port_range_parts,
     read_toml,
@@ -74,7 +75,13 @@ def ephemeral_port_range(path: Path | None = None) -> tuple[int, int] | None:
     return low, high
 
 
+def _interpreter(value: Any) -> str | None:
+    """An absolute path, or None for an empty string (the agent's own interpreter)."""
+    return None if value in ("", None) else absolute_path(value)
+
+
 KernelId = Annotated[int | None, BeforeValidator(_kernel_id)]
+Interpreter = Annotated[str | None, BeforeValidator(_interpreter)]
 IdRange = Annotated[tuple[int, int] | None, BeforeValidator(_id_range)]
 Gpus = Annotated[str | int, BeforeValidator(_gpus)]
 
@@ -144,6 +151,10 @@ class ContainerConfig(Section):
     # Local backend, agent as root: each kernel gets its own uid (= gid) from this range, so
     # kernels cannot read or signal each other. None (an empty string in the file): kernel-uid.
     kernel_uid_range: IdRange = (60000, 60999)
+    # Local backend: the Python that runs each kernel's runner (standard library only). It must
+    # be executable by the kernel's uid, every directory above it traversable; None (an empty
+    # string in the file): the agent's own interpreter.
+    kernel_python: Interpreter = None
 
     @model_validator(mode="after")
     def _check(self) -> ContainerConfig:
@@ -238,7 +249,8 @@ class AgentConfig(Section):
                           "scratch-type": self.container.scratch_type,
                           "scratch-root": str(self.container.scratch_root),
                           "scratch-nfs-address": self.container.scratch_nfs_address,
-                          "kernel-uid-range": list(self.container.kernel_uid_range or [])},
+                          "kernel-uid-range": list(self.container.kernel_uid_range or []),
+                          "kernel-python": self.container.kernel_python or ""},
             "resource": {"reserved-cpu": self.resource.reserved_cpu,
                          "reserved-mem": self.resource.reserved_mem, "gpus": self.resource.gpus},
             "debug": {"heartbeat-interval": self.debug.heartbeat_interval},

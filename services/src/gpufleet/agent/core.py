@@ -141,6 +141,8 @@ def make_backend(config: AgentConfig) -> KernelBackend:
         return KubernetesBackend(config)
     from gpufleet.agent.backends.local import LocalBackend
 
+    if config.container.kernel_python:
+        return LocalBackend(mode=config.agent.local_mode, python=config.container.kernel_python)
     return LocalBackend(mode=config.agent.local_mode)
 
 

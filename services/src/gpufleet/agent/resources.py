@@ -35,6 +35,11 @@ class GpuDevice:
     model: str = "unknown"
     memory: int = 0
     uuid: str = ""
+    minor: int | None = None  # /dev/nvidia<minor>; None: assumed equal to the index
+
+    @property
+    def device_minor(self) -> int:
+        return self.index if self.minor is None else self.minor
 
 
 @dataclass(frozen=True)
@@ -43,16 +48,21 @@ class Allocation:
     cpu: float
     mem: int
     gpus: tuple[int, ...] = ()
+    gpu_minors: tuple[int, ...] = ()  # the device nodes of `gpus`, in the same order
 
     def slots(self) -> dict[str, Any]:
         return {"cpu": self.cpu, "mem": self.mem, "cuda.device": len(self.gpus)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kernel_id": self.kernel_id, "cpu": self.cpu, "mem": self.mem, "gpus": list(self.gpus)}
+        return {"kernel_id": self.kernel_id, "cpu": self.cpu, "mem": self.mem, "gpus": list(self.gpus),
+                "gpu_minors": list(self.gpu_minors)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Allocation:
-        return cls(data["kernel_id"], float(data["cpu"]), int(data["mem"]), tuple(data.get("gpus", ())))
+        gpus = tuple(data.get("gpus", ()))
+        # A record written before minors were kept assumed minor = index.
+        return cls(data["kernel_id"], float(data["cpu"]), int(data["mem"]), gpus,
+                   tuple(data.get("gpu_minors", gpus)))
 
 
 def host_memory_bytes() -> int:
@@ -115,7 +125,8 @@ def detect_gpus(setting: str | int) -> list[GpuDevice]:
         backend.close()
     for error in reading.errors:
         log.warning("GPU %s not offered: %s", error.index, error)
-    return [GpuDevice(g.index, g.model, (g.memory_total_mib or 0) << 20, g.uuid) for g in reading.gpus]
+    return [GpuDevice(g.index, g.model, (g.memory_total_mib or 0) << 20, g.uuid, g.minor_number)
+            for g in reading.gpus]
 
 
 @dataclass
@@ -185,7 +196,9 @@ class ResourceAllocator:
                 shortages.append(f"cuda.device: requested {gpus}, free {len(free_gpus)}{note}")
             if shortages:
                 raise ResourceError("insufficient resources (over-commit refused): " + "; ".join(shortages))
-            allocation = Allocation(kernel_id, float(cpu), int(mem), tuple(free_gpus[:gpus]))
+            chosen = tuple(free_gpus[:gpus])
+            minors = {g.index: g.device_minor for g in self.capacity.gpus}
+            allocation = Allocation(kernel_id, float(cpu), int(mem), chosen, tuple(minors[i] for i in chosen))
             self._allocations[kernel_id] = allocation
             return allocation
 

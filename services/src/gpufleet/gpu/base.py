@@ -106,6 +106,8 @@ class GpuSnapshot:
     pci_bus_id: str
     model: str
     architecture: str | None = None  # lower-case: ampere, hopper, blackwell, ...
+    # Its device node is /dev/nvidia<minor_number>; the minor need not equal the NVML index.
+    minor_number: int | None = None
     memory_total_mib: int | None = None
     memory_used_mib: int | None = None
     temperature_c: int | None = None

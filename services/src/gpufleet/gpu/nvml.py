@@ -217,6 +217,7 @@ class NvmlBackend(GpuBackend):
             pci_bus_id=_text(pci.busId) if pci is not None else "",
             model=_text(self._call("nvmlDeviceGetName", handle)),
             architecture=ARCHITECTURES.get(arch) if arch is not None else None,
+            minor_number=self._optional("nvmlDeviceGetMinorNumber", handle),
             memory_total_mib=memory.total // (1024 * 1024) if memory is not None else None,
             memory_used_mib=memory.used // (1024 * 1024) if memory is not None else None,
             temperature_c=self._optional("nvmlDeviceGetTemperature", handle, nv.NVML_TEMPERATURE_GPU),

@@ -265,6 +265,7 @@ class SimulatedBackend(GpuBackend):
             pci_bus_id=_bus_id(index),
             model=spec["model"],
             architecture=spec["architecture"],
+            minor_number=int(fault.get("minor_number", index)),
             memory_total_mib=int(spec["memory_mib"]),
             memory_used_mib=int(spec["memory_mib"] * util / 100),
             temperature_c=int(fault.get("temperature_c", 62 if busy else 34)),

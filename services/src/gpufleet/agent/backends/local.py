@@ -4,10 +4,11 @@ With systemd as PID 1 a kernel is `systemd-run --unit gpufleet-kernel-<kid>`
 with CPUQuota/MemoryMax from its slots, its own uid, a sandbox (ProtectProc=invisible,
 ProtectSystem=strict with only its work dir writable, PrivateTmp, NoNewPrivileges,
 SystemCallFilter=@system-service, ...) and DevicePolicy=closed with DeviceAllow= for
-exactly its /dev/nvidiaN (plus nvidiactl and nvidia-uvm), so the cgroup enforces the
-limits and the GPUs. Without systemd (containers, CI) the kernel is a child process in
-its own session, with its own uid, no_new_privs and rlimits; cpu/mem limits and GPUs are
-then not enforced (only advertised), which `gather_hwinfo` reports.
+exactly its /dev/nvidiaN (N: each GPU's minor number, read through NVML) plus nvidiactl
+and nvidia-uvm, so the cgroup enforces the limits and the GPUs. Without systemd
+(containers, CI) the kernel is a child process in its own session, with its own uid,
+no_new_privs and rlimits; cpu/mem limits and GPUs are then not enforced (only
+advertised), which `gather_hwinfo` reports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pwd
 import resource
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from gpufleet.agent import kernel_fs
@@ -59,11 +61,11 @@ KERNEL_NPROC = 4096  # processes per kernel uid (subprocess mode; systemd mode h
 PR_SET_NO_NEW_PRIVS = 38
 
 
-def gpu_device_paths(gpus: list[int]) -> list[str]:
-    """The device nodes a kernel with these GPUs may open (none without GPUs)."""
-    if not gpus:
+def gpu_device_paths(minors: Sequence[int]) -> list[str]:
+    """The device nodes a kernel with the GPUs of these minor numbers may open (none without GPUs)."""
+    if not minors:
         return []
-    return [f"/dev/nvidia{index}" for index in gpus] + list(NVIDIA_SHARED_DEVICES)
+    return [f"/dev/nvidia{minor}" for minor in minors] + list(NVIDIA_SHARED_DEVICES)
 
 
 def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
@@ -129,7 +131,8 @@ def systemd_run_argv(record: KernelRecord, env: dict[str, str], command: list[st
     argv.append(f"--property=ReadWritePaths={workdir}")
     if not any(str(workdir).startswith(p) for p in ("/home/", "/root/", "/run/user/")):
         argv.append("--property=ProtectHome=yes")
-    devices = gpu_device_paths(record.allocation.get("gpus", []))
+    # By minor number, not NVML index: the two differ on some hosts (the allocation keeps both).
+    devices = gpu_device_paths(record.allocation_obj.gpu_minors)
     argv += [f"--property=DeviceAllow={path} rw" for path in devices]
     argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
     return argv + ["--", *command]
