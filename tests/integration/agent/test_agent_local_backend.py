@@ -45,8 +45,10 @@ async def test_create_execute_batch_interrupt_destroy(agent):
     assert result["console"] == [["stdout", "42\n"], ["stderr", ""]]
 
     # batch runs a shell command in /home/work with the allocated GPUs visible
-    batch = await agent.execute(kid, "batch", 'echo "$CUDA_VISIBLE_DEVICES"; pwd; echo oops >&2; exit 3')
-    assert batch["stdout"].splitlines() == ["0,1", str((scratch / "work").resolve())]
+    # (numbered in PCI bus order, as NVML numbers the allocation's indices)
+    batch = await agent.execute(
+        kid, "batch", 'echo "$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"; pwd; echo oops >&2; exit 3')
+    assert batch["stdout"].splitlines() == ["0,1 PCI_BUS_ID", str((scratch / "work").resolve())]
     assert batch["stderr"] == "oops\n" and batch["exit_code"] == 3 and batch["status"] == "error"
 
     # interrupt a long query; the kernel survives with its state

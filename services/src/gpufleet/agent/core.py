@@ -26,7 +26,7 @@ from typing import Any
 from gpufleet import __version__
 from gpufleet.agent import events as ev
 from gpufleet.agent import kernel_fs
-from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec, PortInUse
+from gpufleet.agent.backends.base import CUDA_ORDER_ENV, BackendError, KernelBackend, LaunchSpec, PortInUse
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.etcd import AgentEtcd, EtcdUnavailable
 from gpufleet.agent.events import EventPublisher
@@ -53,7 +53,8 @@ PORT_ATTEMPTS = 3
 # Environment keys a create request may not set: they grant or describe resources (GPUs) or
 # are the runner's own. GPUs are given by the allocation, never by a user's variable.
 RESERVED_ENV_KEYS = frozenset({
-    "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPU_DEVICE_ORDINAL", "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
 })
 RESERVED_ENV_PREFIXES = ("NVIDIA_", "GPUFLEET_")
 # Set by the agent for every kernel. A Backend.AI manager sends them (and other BACKENDAI_*
@@ -514,7 +515,7 @@ class Agent:
         # The request's environment first: what the agent sets from the allocation wins.
         return {**record.environ,
                 "BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
-                "BACKENDAI_AGENT_ID": self.id,
+                "BACKENDAI_AGENT_ID": self.id, **CUDA_ORDER_ENV,
                 "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in record.allocation.get("gpus", []))}
 
     async def _release(self, record: KernelRecord, *, reason: str, exit_code: int | None,

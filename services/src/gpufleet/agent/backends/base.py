@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 # Called by a backend when a kernel it started exits on its own: (kernel_id, exit_code or None).
 ExitCallback = Callable[[str, "int | None"], Awaitable[None]]
 
+# CUDA numbers GPUs fastest first unless told otherwise; the allocation's indices are NVML's,
+# which follow the PCI bus: this makes CUDA_VISIBLE_DEVICES mean the GPUs the kernel was given.
+CUDA_ORDER_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runner.py"
 # What runner.py prints when its port is taken (it then exits with EXIT_PORT_IN_USE).
 PORT_IN_USE_MARKER = "runner: port "

@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpufleet.agent import kernel_fs
-from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
+from gpufleet.agent.backends.base import (
+    CUDA_ORDER_ENV,
+    RUNNER_SOURCE,
+    BackendError,
+    KernelBackend,
+    LaunchSpec,
+)
 from gpufleet.agent.registry import KernelRecord
 from gpufleet.agent.runner_client import RunnerError, wait_runner_ready
 
@@ -78,7 +84,7 @@ def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
     # The request's environment over the defaults; what the agent sets from the allocation wins.
     return {**defaults, **record.environ,
             # An empty value hides every GPU: a kernel sees exactly the ones it was given.
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+            **CUDA_ORDER_ENV, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
             "BACKENDAI_KERNEL_ID": record.kernel_id,
             "BACKENDAI_SESSION_ID": record.session_id}
 
