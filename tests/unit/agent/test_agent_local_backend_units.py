@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from gpufleet.agent.backends.base import kernel_environ
 from gpufleet.agent.backends.local import kernel_environment, runner_argv, systemd_run_argv, unit_name
 from gpufleet.agent.registry import KernelRecord
 
@@ -14,7 +15,7 @@ def record(gpus=(1, 3), cpu=1.5, mem=2 << 30, minors=None):
 
 def test_systemd_run_argv_carries_limits_and_gpus():
     rec = record()
-    env = kernel_environment(rec, Path("/scratch/abc123/work"))
+    env = kernel_environment(kernel_environ(rec, "agent-1", cuda=True), Path("/scratch/abc123/work"))
     command = runner_argv("/opt/gpufleet/bin/python", Path("/scratch/abc123/config/runner.py"), 30000,
                           Path("/scratch/abc123/config/runner.token"), Path("/scratch/abc123/work"))
     argv = systemd_run_argv(rec, env, command, Path("/scratch/abc123/work"), Path("/scratch/k.log"))
@@ -33,9 +34,19 @@ def test_systemd_run_argv_carries_limits_and_gpus():
 
 
 def test_no_gpus_means_an_empty_cuda_visible_devices():
-    env = kernel_environment(record(gpus=()), Path("/w"))
-    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    env = kernel_environment(kernel_environ(record(gpus=()), "agent-1", cuda=True), Path("/w"))
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert env["BACKENDAI_KERNEL_ID"] == "abc123" and env["HOME"] == "/w"
+    assert env["BACKENDAI_AGENT_ID"] == "agent-1"
+
+
+def test_the_agents_keys_win_over_the_requests():
+    rec = record()
+    rec.environ = {"BACKENDAI_KERNEL_ID": "forged", "BACKENDAI_AGENT_ID": "forged", "HOME": "/etc", "X": "1"}
+    env = kernel_environment(kernel_environ(rec, "agent-1", cuda=True), Path("/w"))
+    assert (env["BACKENDAI_KERNEL_ID"], env["BACKENDAI_AGENT_ID"], env["X"]) == ("abc123", "agent-1", "1")
+    # a pod's environment has no CUDA_VISIBLE_DEVICES: the runtime mounts only its GPUs
+    assert "CUDA_VISIBLE_DEVICES" not in kernel_environ(rec, "agent-1", cuda=False)
 
 
 def test_fractional_cpu_rounds_to_at_least_one_percent():

@@ -26,7 +26,7 @@ from typing import Any
 from gpufleet import __version__
 from gpufleet.agent import events as ev
 from gpufleet.agent import kernel_fs
-from gpufleet.agent.backends.base import CUDA_ORDER_ENV, BackendError, KernelBackend, LaunchSpec, PortInUse
+from gpufleet.agent.backends.base import BackendError, KernelBackend, LaunchSpec, PortInUse, kernel_environ
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.etcd import AgentEtcd, EtcdUnavailable
 from gpufleet.agent.events import EventPublisher
@@ -499,7 +499,8 @@ class Agent:
         """Start the kernel; a runner that finds its port taken is started again on fresh ports."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                await self.backend.launch(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout))
+                await self.backend.launch(LaunchSpec(record, scratch, self.config.agent.kernel_ready_timeout,
+                                                     self._kernel_environ(record)))
                 return
             except PortInUse:
                 if attempt == PORT_ATTEMPTS:
@@ -512,11 +513,7 @@ class Agent:
                             record.kernel_id, taken[0], record.ports[0], attempt + 1, PORT_ATTEMPTS)
 
     def _kernel_environ(self, record: KernelRecord) -> dict[str, str]:
-        # The request's environment first: what the agent sets from the allocation wins.
-        return {**record.environ,
-                "BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
-                "BACKENDAI_AGENT_ID": self.id, **CUDA_ORDER_ENV,
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in record.allocation.get("gpus", []))}
+        return kernel_environ(record, self.id, cuda=self.backend.gpus_by_environment)
 
     async def _release(self, record: KernelRecord, *, reason: str, exit_code: int | None,
                        error: str | None = None, suppress_events: bool = False) -> None:

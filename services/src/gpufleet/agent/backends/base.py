@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpufleet.agent.kernel_fs import KernelScratch
@@ -18,9 +18,21 @@ log = logging.getLogger(__name__)
 # Called by a backend when a kernel it started exits on its own: (kernel_id, exit_code or None).
 ExitCallback = Callable[[str, "int | None"], Awaitable[None]]
 
-# CUDA numbers GPUs fastest first unless told otherwise; the allocation's indices are NVML's,
-# which follow the PCI bus: this makes CUDA_VISIBLE_DEVICES mean the GPUs the kernel was given.
-CUDA_ORDER_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+def kernel_environ(record: KernelRecord, agent_id: str, *, cuda: bool) -> dict[str, str]:
+    """The one rule for a kernel's environment: the request's keys, then the agent's, which win.
+
+    cuda: the backend shows a kernel its GPUs by CUDA_VISIBLE_DEVICES (local); a pod sees only
+    the GPUs its runtime mounted, so the variable would be wrong there. CUDA numbers GPUs fastest
+    first unless told otherwise; the allocation's indices are NVML's, which follow the PCI bus.
+    """
+    environ = {**record.environ,
+               "BACKENDAI_KERNEL_ID": record.kernel_id, "BACKENDAI_SESSION_ID": record.session_id,
+               "BACKENDAI_AGENT_ID": agent_id}
+    if cuda:
+        # An empty value hides every GPU: a kernel sees exactly the ones it was given.
+        environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in record.allocation.get("gpus", []))
+    return environ
 
 RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runner.py"
 # What runner.py prints when its port is taken (it then exits with EXIT_PORT_IN_USE).
@@ -45,12 +57,15 @@ class LaunchSpec:
     record: KernelRecord
     scratch: KernelScratch
     ready_timeout: float
+    environ: dict[str, str] = field(default_factory=dict)  # kernel_environ(), as the agent decided it
 
 
 class KernelBackend(abc.ABC):
     name: str = "abstract"
     # Whether kernels of this backend run as host uids the agent hands out (one per kernel).
     per_kernel_identity: bool = False
+    # Whether kernels see their GPUs through CUDA_VISIBLE_DEVICES (else the runtime mounts them).
+    gpus_by_environment: bool = False
 
     def __init__(self) -> None:
         self.on_exit: ExitCallback | None = None

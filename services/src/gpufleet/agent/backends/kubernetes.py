@@ -23,7 +23,13 @@ import threading
 import time
 from typing import Any
 
-from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
+from gpufleet.agent.backends.base import (
+    RUNNER_SOURCE,
+    BackendError,
+    KernelBackend,
+    LaunchSpec,
+    kernel_environ,
+)
 from gpufleet.agent.config import AgentConfig
 from gpufleet.agent.registry import KernelRecord
 from gpufleet.agent.resources import GpuDevice, SlotCapacity
@@ -65,18 +71,20 @@ def container_security(config: AgentConfig) -> dict[str, Any]:
     return context
 
 
-def pod_manifest(record: KernelRecord, config: AgentConfig) -> dict[str, Any]:
-    """The Pod for one kernel; every field the tests assert is decided here."""
+def pod_manifest(record: KernelRecord, config: AgentConfig,
+                 environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Pod for one kernel; every field the tests assert is decided here. environ: the kernel's
+    (kernel_environ), by default as the agent of this config decides it."""
+    if environ is None:
+        environ = kernel_environ(record, config.agent.id, cuda=False)
     allocation = record.allocation
     gpus = len(allocation.get("gpus", []))
     quantities = {"cpu": f"{int(round(float(allocation['cpu']) * 1000))}m",
                   "memory": str(int(allocation["mem"]))}
     if gpus:
         quantities[GPU_RESOURCE] = str(gpus)
-    env = [{"name": "HOME", "value": "/home/work"},
-           {"name": "BACKENDAI_KERNEL_ID", "value": record.kernel_id},
-           {"name": "BACKENDAI_SESSION_ID", "value": record.session_id}]
-    env += [{"name": k, "value": v} for k, v in sorted(record.environ.items())]
+    env = [{"name": "HOME", "value": "/home/work"}]
+    env += [{"name": k, "value": v} for k, v in sorted(environ.items())]
     if not gpus:
         # The NVIDIA runtime would otherwise expose every GPU to a kernel that asked for none.
         env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
@@ -283,7 +291,8 @@ class KubernetesBackend(KernelBackend):
         record.backend_data = {"namespace": self.namespace, "pod": pod_name(record.kernel_id)}
         try:
             await self._ensure_watch()
-            pod = await self._call(self.api.create_pod, self.namespace, pod_manifest(record, self.config))
+            manifest = pod_manifest(record, self.config, spec.environ)
+            pod = await self._call(self.api.create_pod, self.namespace, manifest)
             record.container_id = pod["metadata"]["uid"]
             record.backend_data["uid"] = record.container_id
             await self._call(self.api.create_service, self.namespace, service_manifest(record, self.config))

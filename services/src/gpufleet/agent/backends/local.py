@@ -25,13 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpufleet.agent import kernel_fs
-from gpufleet.agent.backends.base import (
-    CUDA_ORDER_ENV,
-    RUNNER_SOURCE,
-    BackendError,
-    KernelBackend,
-    LaunchSpec,
-)
+from gpufleet.agent.backends.base import RUNNER_SOURCE, BackendError, KernelBackend, LaunchSpec
 from gpufleet.agent.registry import KernelRecord
 from gpufleet.agent.runner_client import RunnerError, wait_runner_ready
 
@@ -74,19 +68,14 @@ def gpu_device_paths(minors: Sequence[int]) -> list[str]:
     return [f"/dev/nvidia{minor}" for minor in minors] + list(NVIDIA_SHARED_DEVICES)
 
 
-def kernel_environment(record: KernelRecord, workdir: Path) -> dict[str, str]:
-    gpus = record.allocation.get("gpus", [])
+def kernel_environment(environ: dict[str, str], workdir: Path) -> dict[str, str]:
+    """A process's defaults under the kernel's environment (kernel_environ: the agent's keys win)."""
     defaults = {
         "HOME": str(workdir),
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
     }
-    # The request's environment over the defaults; what the agent sets from the allocation wins.
-    return {**defaults, **record.environ,
-            # An empty value hides every GPU: a kernel sees exactly the ones it was given.
-            **CUDA_ORDER_ENV, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
-            "BACKENDAI_KERNEL_ID": record.kernel_id,
-            "BACKENDAI_SESSION_ID": record.session_id}
+    return {**defaults, **environ}
 
 
 def runner_argv(python: str, runner: Path, port: int, token_file: Path, workdir: Path,
@@ -209,6 +198,7 @@ def kill_uid_processes(uid: int, rounds: int = 20) -> int:
 class LocalBackend(KernelBackend):
     name = "local"
     per_kernel_identity = True
+    gpus_by_environment = True
 
     def __init__(self, mode: str = "auto", python: str = sys.executable) -> None:
         super().__init__()
@@ -227,7 +217,7 @@ class LocalBackend(KernelBackend):
         record.runner_host, record.runner_port = "127.0.0.1", record.ports[0]
         command = runner_argv(self.python, runner, record.runner_port, scratch.config / "runner.token",
                               scratch.work)
-        env = kernel_environment(record, scratch.work)
+        env = kernel_environment(spec.environ, scratch.work)
         record.backend_data = {"mode": self.mode, "config_dir": str(scratch.config)}
         if scratch.owner is not None:
             record.backend_data["uid"] = scratch.owner[0]
