@@ -137,3 +137,32 @@ def test_installed_commands_are_the_checkouts(node_venv):
     installed = {tuple(c) for c in json.loads(listed.stdout)}
     assert installed == set(cli_commands())
     assert {(), ("health",), ("agent",), ("place",), ("place", "replay")} <= installed
+
+
+def pins(lock: Path) -> set[str]:
+    """name==version of each pin, names normalized as wheel file names spell them."""
+    lines = (line.split("#")[0].strip() for line in lock.read_text().splitlines())
+    return {line.replace("-", "_").lower() for line in lines if "==" in line}
+
+
+def archived(archive: Path) -> set[str]:
+    with tarfile.open(archive) as tar:
+        names = [Path(name).name for name in tar.getnames() if name.endswith(".whl")]
+    return {"==".join(name.split("-")[:2]).lower() for name in names}
+
+
+def test_a_lock_change_archives_only_the_new_locks_wheels(node_venv, tmp_path):
+    """Each lock's wheels are downloaded apart: a later lock's archive holds none of an earlier
+    lock's wheels (the same wheelhouse directory, as a controller keeps it)."""
+    wheelhouse = node_venv.parent / "wheelhouse"
+    lock = tmp_path / "node.txt"
+    dropped = "nvidia-ml-py==13.615.71"  # a leaf: nothing in the lock depends on it
+    lock.write_text((REPO / "requirements" / "node.txt").read_text().replace(dropped + "\n", ""))
+    staged = subprocess.run([REPO / "scripts" / "wheelhouse", wheelhouse], capture_output=True, text=True,
+                            timeout=1200, check=False, env={**os.environ, "GPUFLEET_REQUIREMENTS": str(lock)})
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    archive = Path(staged.stdout.split()[1])
+    gone = pins(REPO / "requirements" / "node.txt") - pins(lock)
+    assert gone == {"nvidia_ml_py==13.615.71"} and archived(archive) == pins(lock)
+    first = {path.name for path in wheelhouse.glob("deps-*.tar")} - {archive.name}
+    assert len(first) == 1 and gone <= archived(wheelhouse / first.pop())
