@@ -103,20 +103,27 @@ def allocated_milli(pod: dict) -> int:
 
 
 class Timed:
-    """Wraps a method to add up the seconds spent in it (on the scheduler's loop thread)."""
+    """Wraps a method to add up the seconds spent in it (on the scheduler's loop thread).
+
+    `seconds` is wall time, which includes waiting for the GIL while the binding
+    and watch threads run; `cpu_seconds` is the calling thread's own CPU time:
+    what the engine itself costs.
+    """
 
     def __init__(self, owner, name: str) -> None:
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.calls = 0
         self.owner, self.name = owner, name
         self.original = original = getattr(owner, name)
 
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+                self.cpu_seconds += time.thread_time() - cpu
                 self.calls += 1
 
         setattr(owner, name, wrapper)
@@ -125,7 +132,28 @@ class Timed:
         setattr(self.owner, self.name, self.original)
 
 
-def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: int = 0) -> dict:
+def process_cpu(pid: int | str) -> float:
+    """User + system CPU seconds of a process (or "pid/task/tid": a thread) so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by role (Python thread name without its number)."""
+    by_role: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            cpu = process_cpu(f"{os.getpid()}/task/{thread.native_id}")
+        except OSError:
+            continue
+        role = thread.name.split("_")[0].split("-")[0] if thread.name.startswith(("bind", "watch")) \
+            else thread.name
+        by_role[role] = by_role.get(role, 0.0) + cpu
+    return by_role
+
+
+def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: int = 0,
+            bind_workers: int | None = None) -> dict:
     from gpufleet.kube.api import KubeApi
     from gpufleet.kube.client import api_client
     from gpufleet.placement import serve
@@ -151,9 +179,12 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
                 f"clusters: [{{name: b, cluster: {{server: '{url}'}}}}]\n"
                 "contexts: [{name: b, context: {cluster: b, user: b}}]\n"
                 "users: [{name: b, user: {token: t}}]\n")
-            api = KubeApi(api_client(kubeconfig=str(kubeconfig), request_timeout=30))
             config = serve.ServeConfig(policy=policy, identity="bench", seed=seed, typical_requests=typical,
                                        backoff_initial=60, backoff_max=60)
+            if bind_workers:
+                config.bind_workers = bind_workers
+            api = KubeApi(api_client(kubeconfig=str(kubeconfig), request_timeout=30,
+                                     connections=config.connections))
             scheduler = serve.GpuScheduler(api, config)
             decide = Timed(Placer, "decide")
             build = Timed(serve.ClusterCache, "placer")
@@ -173,6 +204,9 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
             while not scheduler.synced:
                 time.sleep(0.001)
             synced = time.perf_counter()
+            cpu_here, cpu_emulator = time.process_time(), process_cpu(child.pid)
+            load_before = os.getloadavg()[0]
+            threads_before = thread_cpu()
             bound = scheduler.metrics.bindings.labels(result="ok")
             # Done when every pod is bound or was refused once (and waits out a long back-off).
             while bound._value.get() + len(scheduler.queue.attempts) < pods:
@@ -180,6 +214,8 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
                     raise SystemExit(f"only {bound._value.get():.0f} of {pods} bound after 900 s")
                 time.sleep(0.002)
             done = time.perf_counter()
+            cpu_here, cpu_emulator = time.process_time() - cpu_here, process_cpu(child.pid) - cpu_emulator
+            threads = {role: cpu - threads_before.get(role, 0.0) for role, cpu in thread_cpu().items()}
             allocated = sum(allocated_milli(p) for p in scheduler.cache.bound.values())
             capacity = 1000 * sum(int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
                                   for n in scheduler.cache.nodes.values())
@@ -197,11 +233,16 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
         "nodes": nodes, "pods": pods, "policy": policy, "bound": pods - refused, "refused": refused,
         "allocation_pct": 100 * allocated / capacity if capacity else 0.0,
         "sync_seconds": synced - started, "bind_all_seconds": seconds, "pods_per_second": pods / seconds,
-        "engine_seconds": decide.seconds, "decisions": decide.calls,
-        "decisions_per_second": decide.calls / decide.seconds if decide.seconds else float("inf"),
+        "engine_seconds": decide.seconds, "engine_cpu_seconds": decide.cpu_seconds, "decisions": decide.calls,
+        "decisions_per_second": decide.calls / decide.cpu_seconds if decide.cpu_seconds else float("inf"),
+        "scheduler_cpu_ms_per_pod": 1000 * cpu_here / max(pods, 1),
+        "emulator_cpu_ms_per_pod": 1000 * cpu_emulator / max(pods, 1),
+        "load_average": (load_before + os.getloadavg()[0]) / 2,
+        "thread_cpu_ms_per_pod": {role: 1000 * cpu / max(pods, 1) for role, cpu in sorted(threads.items())
+                                  if cpu > 0},
         "model_builds": build.calls, "model_build_seconds": build.seconds,
         "bind_p50_ms": 1000 * binds[len(binds) // 2], "bind_p99_ms": 1000 * binds[int(len(binds) * 0.99)],
-        "bind_workers": serve.ServeConfig().bind_workers,
+        "bind_workers": config.bind_workers,
     }
 
 
@@ -215,6 +256,8 @@ def main() -> None:
     parser.add_argument("--policy", default=None, help="Placement policy (default: the scheduler's).")
     parser.add_argument("--trace", choices=("default", "gpushare40", "multigpu50"),
                         help="Replay this openb trace through the live path and compare with `place replay`.")
+    parser.add_argument("--bind-workers", type=int, default=None,
+                        help="Binding requests in flight (default: the scheduler's).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Arrival order and tie-break seed (with --trace).")
     args = parser.parse_args()
@@ -227,14 +270,19 @@ def main() -> None:
     from gpufleet.placement.serve import DEFAULT_POLICY
 
     policy = args.policy or DEFAULT_POLICY
-    print(f"{'nodes':>6} {'pods':>6} {'policy':16} {'sync s':>7} {'bind-all s':>10} {'pods/s':>8} "
-          f"{'engine s':>8} {'dec/s':>8} {'builds':>6} {'build s':>7} {'bind p50/p99 ms':>16}")
+    print(f"policy {policy}; CPU ms per pod: the scheduler process (sched) and the emulator's (emu); "
+          "engine: wall s on the loop thread / its own CPU s, dec/s per engine CPU second")
+    print(f"{'nodes':>6} {'pods':>6} {'sync s':>7} {'bind-all s':>10} {'pods/s':>8} {'engine s':>12} "
+          f"{'dec/s':>7} {'sched ms':>8} {'emu ms':>7} {'builds':>6} {'bind p50/p99 ms':>16} {'load':>5}")
     for nodes in args.nodes or [1000, 5000]:
-        r = measure(nodes, args.pods, policy)
-        print(f"{r['nodes']:>6} {r['pods']:>6} {r['policy']:16} {r['sync_seconds']:>7.2f} "
-              f"{r['bind_all_seconds']:>10.2f} {r['pods_per_second']:>8.0f} {r['engine_seconds']:>8.2f} "
-              f"{r['decisions_per_second']:>8.0f} {r['model_builds']:>6} {r['model_build_seconds']:>7.2f} "
-              f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f}", flush=True)
+        r = measure(nodes, args.pods, policy, bind_workers=args.bind_workers)
+        print(f"{r['nodes']:>6} {r['pods']:>6} {r['sync_seconds']:>7.2f} {r['bind_all_seconds']:>10.2f} "
+              f"{r['pods_per_second']:>8.0f} {r['engine_seconds']:>5.2f}/{r['engine_cpu_seconds']:<6.2f} "
+              f"{r['decisions_per_second']:>7.0f} {r['scheduler_cpu_ms_per_pod']:>8.3f} "
+              f"{r['emulator_cpu_ms_per_pod']:>7.3f} {r['model_builds']:>6} "
+              f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f} {r['load_average']:>5.1f}", flush=True)
+        print("        scheduler CPU ms per pod by thread: " + ", ".join(
+            f"{role} {ms:.3f}" for role, ms in r["thread_cpu_ms_per_pod"].items()), flush=True)
     print(f"(cores: {os.cpu_count()}; emulator in its own process; {r['bind_workers']} binding workers)")
 
 
