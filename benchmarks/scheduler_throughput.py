@@ -9,8 +9,11 @@ its own process, seeded with N nodes of 8 GPUs and P pending one-GPU pods whose
 schedulerName is gpufleet. The scheduler runs here, unchanged, with its real loop:
 LIST + watches, queue, engine, a pool of binding requests. Reported: the time from
 leading (model loaded) to the last binding answered, pods bound per second, and
-where the scheduler's loop spent its time (engine decisions, model builds) beside
-the binding requests' own latency — to say which part limits throughput.
+where the CPU went — per pod, of the scheduler process (by thread: loop, binding
+workers, watches) and of the emulator's; the engine's rate inside the run (per
+engine CPU second: wall time on the loop thread includes waiting for the GIL)
+and alone (same fleet, pods and policy, no API); the binding requests' latency;
+the load average (the machine may be shared) — to say which part limits throughput.
 
 With --trace, an openb trace (../shared/data/openb) goes through the live path
 instead: its 1,213 nodes, and its tasks as pending pods in the replay's arrival
@@ -138,6 +141,26 @@ def process_cpu(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def engine_alone(nodes: int, pods: int, policy: str) -> float:
+    """Decisions per second of the engine alone (decide + commit, one thread, no API) on the same
+    fleet, pods and policy as the live run: what the scheduler could decide if binding were free."""
+    from gpufleet.placement.serve import ClusterCache
+    from gpufleet.placement.workloads import request_from_item
+
+    node_objects, pod_objects = synthetic_objects(nodes, pods)
+    cache = ClusterCache("gpufleet")
+    for node in node_objects:
+        cache.on_node("ADDED", node)
+    placer = cache.placer(policy, 0)
+    requests = [request_from_item({"kind": "Pod", **pod}) for pod in pod_objects]
+    start = time.thread_time()
+    for request in requests:
+        decision = placer.decide(request, report=False)
+        if decision.placed:
+            placer.commit(decision)
+    return len(requests) / (time.thread_time() - start)
+
+
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of this process's threads so far, by role (Python thread name without its number)."""
     by_role: dict[str, float] = {}
@@ -198,7 +221,7 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
 
             api.bind_pod = timed_bind
             stop = threading.Event()
-            thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
+            thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True, name="loop")
             started = time.perf_counter()
             thread.start()
             while not scheduler.synced:
@@ -271,14 +294,17 @@ def main() -> None:
 
     policy = args.policy or DEFAULT_POLICY
     print(f"policy {policy}; CPU ms per pod: the scheduler process (sched) and the emulator's (emu); "
-          "engine: wall s on the loop thread / its own CPU s, dec/s per engine CPU second")
+          "engine: wall s on the loop thread / its own CPU s, dec/s per engine CPU second; "
+          "alone: the engine's decisions/s without the API")
     print(f"{'nodes':>6} {'pods':>6} {'sync s':>7} {'bind-all s':>10} {'pods/s':>8} {'engine s':>12} "
-          f"{'dec/s':>7} {'sched ms':>8} {'emu ms':>7} {'builds':>6} {'bind p50/p99 ms':>16} {'load':>5}")
+          f"{'dec/s':>7} {'alone':>6} {'sched ms':>8} {'emu ms':>7} {'builds':>6} {'bind p50/p99 ms':>16} "
+          f"{'load':>5}")
     for nodes in args.nodes or [1000, 5000]:
         r = measure(nodes, args.pods, policy, bind_workers=args.bind_workers)
+        alone = engine_alone(nodes, args.pods, policy)
         print(f"{r['nodes']:>6} {r['pods']:>6} {r['sync_seconds']:>7.2f} {r['bind_all_seconds']:>10.2f} "
               f"{r['pods_per_second']:>8.0f} {r['engine_seconds']:>5.2f}/{r['engine_cpu_seconds']:<6.2f} "
-              f"{r['decisions_per_second']:>7.0f} {r['scheduler_cpu_ms_per_pod']:>8.3f} "
+              f"{r['decisions_per_second']:>7.0f} {alone:>6.0f} {r['scheduler_cpu_ms_per_pod']:>8.3f} "
               f"{r['emulator_cpu_ms_per_pod']:>7.3f} {r['model_builds']:>6} "
               f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f} {r['load_average']:>5.1f}", flush=True)
         print("        scheduler CPU ms per pod by thread: " + ", ".join(
