@@ -243,6 +243,8 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
             capacity = 1000 * sum(int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
                                   for n in scheduler.cache.nodes.values())
             refused = len(scheduler.queue.attempts)
+            # A binding refused by the API (409: bound already) would show here: none is expected.
+            binding_errors = int(scheduler.metrics.bindings.labels(result="error")._value.get())
             stop.set()
             thread.join(30)
             decide.restore()
@@ -266,6 +268,7 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
         "model_builds": build.calls, "model_build_seconds": build.seconds,
         "bind_p50_ms": 1000 * binds[len(binds) // 2], "bind_p99_ms": 1000 * binds[int(len(binds) * 0.99)],
         "bind_workers": config.bind_workers,
+        "binding_errors": binding_errors,
     }
 
 
@@ -309,7 +312,8 @@ def main() -> None:
               f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f} {r['load_average']:>5.1f}", flush=True)
         print("        scheduler CPU ms per pod by thread: " + ", ".join(
             f"{role} {ms:.3f}" for role, ms in r["thread_cpu_ms_per_pod"].items()), flush=True)
-    print(f"(cores: {os.cpu_count()}; emulator in its own process; {r['bind_workers']} binding workers)")
+    print(f"(cores: {os.cpu_count()}; emulator in its own process; {r['bind_workers']} binding workers; "
+          f"{r['binding_errors']} bindings refused in the last run)")
 
 
 def compare_with_replay(trace: str, seed: int, policy: str | None) -> None:
@@ -323,7 +327,8 @@ def compare_with_replay(trace: str, seed: int, policy: str | None) -> None:
                      load_openb_pods(DATA / f"openb_pod_list_{trace}.csv"), policy, seed)
     print(f"trace {trace}, policy {policy}, seed {seed}: {live['pods']} tasks on {live['nodes']} nodes")
     print(f"  live path:  {live['bound']} placed, {live['refused']} refused, "
-          f"allocation {live['allocation_pct']:.3f} %, {live['pods_per_second']:.0f} pods/s")
+          f"allocation {live['allocation_pct']:.3f} %, {live['pods_per_second']:.0f} pods/s, "
+          f"{live['binding_errors']} bindings refused")
     print(f"  replay:     {offline['placed_tasks']} placed, {offline['failed_tasks']} refused, "
           f"allocation {offline['final_allocation_pct']:.3f} %")
 
