@@ -9,8 +9,11 @@ its own process, seeded with N nodes of 8 GPUs and P pending one-GPU pods whose
 schedulerName is gpufleet. The scheduler runs here, unchanged, with its real loop:
 LIST + watches, queue, engine, a pool of binding requests. Reported: the time from
 leading (model loaded) to the last binding answered, pods bound per second, and
-where the scheduler's loop spent its time (engine decisions, model builds) beside
-the binding requests' own latency — to say which part limits throughput.
+where the CPU went — per pod, of the scheduler process (by thread: loop, binding
+workers, watches) and of the emulator's; the engine's rate inside the run (per
+engine CPU second: wall time on the loop thread includes waiting for the GIL)
+and alone (same fleet, pods and policy, no API); the binding requests' latency;
+the load average (the machine may be shared) — to say which part limits throughput.
 
 With --trace, an openb trace (../shared/data/openb) goes through the live path
 instead: its 1,213 nodes, and its tasks as pending pods in the replay's arrival
@@ -103,20 +106,27 @@ def allocated_milli(pod: dict) -> int:
 
 
 class Timed:
-    """Wraps a method to add up the seconds spent in it (on the scheduler's loop thread)."""
+    """Wraps a method to add up the seconds spent in it (on the scheduler's loop thread).
+
+    `seconds` is wall time, which includes waiting for the GIL while the binding
+    and watch threads run; `cpu_seconds` is the calling thread's own CPU time:
+    what the engine itself costs.
+    """
 
     def __init__(self, owner, name: str) -> None:
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.calls = 0
         self.owner, self.name = owner, name
         self.original = original = getattr(owner, name)
 
         def wrapper(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+                self.cpu_seconds += time.thread_time() - cpu
                 self.calls += 1
 
         setattr(owner, name, wrapper)
@@ -125,7 +135,48 @@ class Timed:
         setattr(self.owner, self.name, self.original)
 
 
-def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: int = 0) -> dict:
+def process_cpu(pid: int | str) -> float:
+    """User + system CPU seconds of a process (or "pid/task/tid": a thread) so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_alone(nodes: int, pods: int, policy: str) -> float:
+    """Decisions per second of the engine alone (decide + commit, one thread, no API) on the same
+    fleet, pods and policy as the live run: what the scheduler could decide if binding were free."""
+    from gpufleet.placement.serve import ClusterCache
+    from gpufleet.placement.workloads import request_from_item
+
+    node_objects, pod_objects = synthetic_objects(nodes, pods)
+    cache = ClusterCache("gpufleet")
+    for node in node_objects:
+        cache.on_node("ADDED", node)
+    placer = cache.placer(policy, 0)
+    requests = [request_from_item({"kind": "Pod", **pod}) for pod in pod_objects]
+    start = time.thread_time()
+    for request in requests:
+        decision = placer.decide(request, report=False)
+        if decision.placed:
+            placer.commit(decision)
+    return len(requests) / (time.thread_time() - start)
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by role (Python thread name without its number)."""
+    by_role: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            cpu = process_cpu(f"{os.getpid()}/task/{thread.native_id}")
+        except OSError:
+            continue
+        role = thread.name.split("_")[0].split("-")[0] if thread.name.startswith(("bind", "watch")) \
+            else thread.name
+        by_role[role] = by_role.get(role, 0.0) + cpu
+    return by_role
+
+
+def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: int = 0,
+            bind_workers: int | None = None) -> dict:
     from gpufleet.kube.api import KubeApi
     from gpufleet.kube.client import api_client
     from gpufleet.placement import serve
@@ -151,9 +202,12 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
                 f"clusters: [{{name: b, cluster: {{server: '{url}'}}}}]\n"
                 "contexts: [{name: b, context: {cluster: b, user: b}}]\n"
                 "users: [{name: b, user: {token: t}}]\n")
-            api = KubeApi(api_client(kubeconfig=str(kubeconfig), request_timeout=30))
             config = serve.ServeConfig(policy=policy, identity="bench", seed=seed, typical_requests=typical,
                                        backoff_initial=60, backoff_max=60)
+            if bind_workers:
+                config.bind_workers = bind_workers
+            api = KubeApi(api_client(kubeconfig=str(kubeconfig), request_timeout=30,
+                                     connections=config.connections))
             scheduler = serve.GpuScheduler(api, config)
             decide = Timed(Placer, "decide")
             build = Timed(serve.ClusterCache, "placer")
@@ -167,12 +221,15 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
 
             api.bind_pod = timed_bind
             stop = threading.Event()
-            thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
+            thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True, name="loop")
             started = time.perf_counter()
             thread.start()
             while not scheduler.synced:
                 time.sleep(0.001)
             synced = time.perf_counter()
+            cpu_here, cpu_emulator = time.process_time(), process_cpu(child.pid)
+            load_before = os.getloadavg()[0]
+            threads_before = thread_cpu()
             bound = scheduler.metrics.bindings.labels(result="ok")
             # Done when every pod is bound or was refused once (and waits out a long back-off).
             while bound._value.get() + len(scheduler.queue.attempts) < pods:
@@ -180,10 +237,14 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
                     raise SystemExit(f"only {bound._value.get():.0f} of {pods} bound after 900 s")
                 time.sleep(0.002)
             done = time.perf_counter()
+            cpu_here, cpu_emulator = time.process_time() - cpu_here, process_cpu(child.pid) - cpu_emulator
+            threads = {role: cpu - threads_before.get(role, 0.0) for role, cpu in thread_cpu().items()}
             allocated = sum(allocated_milli(p) for p in scheduler.cache.bound.values())
             capacity = 1000 * sum(int(n["status"]["allocatable"].get("nvidia.com/gpu", 0))
                                   for n in scheduler.cache.nodes.values())
             refused = len(scheduler.queue.attempts)
+            # A binding refused by the API (409: bound already) would show here: none is expected.
+            binding_errors = int(scheduler.metrics.bindings.labels(result="error")._value.get())
             stop.set()
             thread.join(30)
             decide.restore()
@@ -197,11 +258,17 @@ def measure(nodes: int, pods: int, policy: str, trace: str | None = None, seed: 
         "nodes": nodes, "pods": pods, "policy": policy, "bound": pods - refused, "refused": refused,
         "allocation_pct": 100 * allocated / capacity if capacity else 0.0,
         "sync_seconds": synced - started, "bind_all_seconds": seconds, "pods_per_second": pods / seconds,
-        "engine_seconds": decide.seconds, "decisions": decide.calls,
-        "decisions_per_second": decide.calls / decide.seconds if decide.seconds else float("inf"),
+        "engine_seconds": decide.seconds, "engine_cpu_seconds": decide.cpu_seconds, "decisions": decide.calls,
+        "decisions_per_second": decide.calls / decide.cpu_seconds if decide.cpu_seconds else float("inf"),
+        "scheduler_cpu_ms_per_pod": 1000 * cpu_here / max(pods, 1),
+        "emulator_cpu_ms_per_pod": 1000 * cpu_emulator / max(pods, 1),
+        "load_average": (load_before + os.getloadavg()[0]) / 2,
+        "thread_cpu_ms_per_pod": {role: 1000 * cpu / max(pods, 1) for role, cpu in sorted(threads.items())
+                                  if cpu > 0},
         "model_builds": build.calls, "model_build_seconds": build.seconds,
         "bind_p50_ms": 1000 * binds[len(binds) // 2], "bind_p99_ms": 1000 * binds[int(len(binds) * 0.99)],
-        "bind_workers": serve.ServeConfig().bind_workers,
+        "bind_workers": config.bind_workers,
+        "binding_errors": binding_errors,
     }
 
 
@@ -215,6 +282,8 @@ def main() -> None:
     parser.add_argument("--policy", default=None, help="Placement policy (default: the scheduler's).")
     parser.add_argument("--trace", choices=("default", "gpushare40", "multigpu50"),
                         help="Replay this openb trace through the live path and compare with `place replay`.")
+    parser.add_argument("--bind-workers", type=int, default=None,
+                        help="Binding requests in flight (default: the scheduler's).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Arrival order and tie-break seed (with --trace).")
     args = parser.parse_args()
@@ -227,15 +296,24 @@ def main() -> None:
     from gpufleet.placement.serve import DEFAULT_POLICY
 
     policy = args.policy or DEFAULT_POLICY
-    print(f"{'nodes':>6} {'pods':>6} {'policy':16} {'sync s':>7} {'bind-all s':>10} {'pods/s':>8} "
-          f"{'engine s':>8} {'dec/s':>8} {'builds':>6} {'build s':>7} {'bind p50/p99 ms':>16}")
+    print(f"policy {policy}; CPU ms per pod: the scheduler process (sched) and the emulator's (emu); "
+          "engine: wall s on the loop thread / its own CPU s, dec/s per engine CPU second; "
+          "alone: the engine's decisions/s without the API")
+    print(f"{'nodes':>6} {'pods':>6} {'sync s':>7} {'bind-all s':>10} {'pods/s':>8} {'engine s':>12} "
+          f"{'dec/s':>7} {'alone':>6} {'sched ms':>8} {'emu ms':>7} {'builds':>6} {'bind p50/p99 ms':>16} "
+          f"{'load':>5}")
     for nodes in args.nodes or [1000, 5000]:
-        r = measure(nodes, args.pods, policy)
-        print(f"{r['nodes']:>6} {r['pods']:>6} {r['policy']:16} {r['sync_seconds']:>7.2f} "
-              f"{r['bind_all_seconds']:>10.2f} {r['pods_per_second']:>8.0f} {r['engine_seconds']:>8.2f} "
-              f"{r['decisions_per_second']:>8.0f} {r['model_builds']:>6} {r['model_build_seconds']:>7.2f} "
-              f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f}", flush=True)
-    print(f"(cores: {os.cpu_count()}; emulator in its own process; {r['bind_workers']} binding workers)")
+        r = measure(nodes, args.pods, policy, bind_workers=args.bind_workers)
+        alone = engine_alone(nodes, args.pods, policy)
+        print(f"{r['nodes']:>6} {r['pods']:>6} {r['sync_seconds']:>7.2f} {r['bind_all_seconds']:>10.2f} "
+              f"{r['pods_per_second']:>8.0f} {r['engine_seconds']:>5.2f}/{r['engine_cpu_seconds']:<6.2f} "
+              f"{r['decisions_per_second']:>7.0f} {alone:>6.0f} {r['scheduler_cpu_ms_per_pod']:>8.3f} "
+              f"{r['emulator_cpu_ms_per_pod']:>7.3f} {r['model_builds']:>6} "
+              f"{r['bind_p50_ms']:>7.1f}/{r['bind_p99_ms']:<7.1f} {r['load_average']:>5.1f}", flush=True)
+        print("        scheduler CPU ms per pod by thread: " + ", ".join(
+            f"{role} {ms:.3f}" for role, ms in r["thread_cpu_ms_per_pod"].items()), flush=True)
+    print(f"(cores: {os.cpu_count()}; emulator in its own process; {r['bind_workers']} binding workers; "
+          f"{r['binding_errors']} bindings refused in the last run)")
 
 
 def compare_with_replay(trace: str, seed: int, policy: str | None) -> None:
@@ -249,7 +327,8 @@ def compare_with_replay(trace: str, seed: int, policy: str | None) -> None:
                      load_openb_pods(DATA / f"openb_pod_list_{trace}.csv"), policy, seed)
     print(f"trace {trace}, policy {policy}, seed {seed}: {live['pods']} tasks on {live['nodes']} nodes")
     print(f"  live path:  {live['bound']} placed, {live['refused']} refused, "
-          f"allocation {live['allocation_pct']:.3f} %, {live['pods_per_second']:.0f} pods/s")
+          f"allocation {live['allocation_pct']:.3f} %, {live['pods_per_second']:.0f} pods/s, "
+          f"{live['binding_errors']} bindings refused")
     print(f"  replay:     {offline['placed_tasks']} placed, {offline['failed_tasks']} refused, "
           f"allocation {offline['final_allocation_pct']:.3f} %")
 

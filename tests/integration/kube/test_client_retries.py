@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gpufleet.kube.api import NODES, KubeApi
+from gpufleet.kube.api import NODES, KubeApi, api_error_message
 from gpufleet.kube.client import RetryPolicy, api_client
 from kubernetes.client.rest import ApiException
 
@@ -65,3 +65,30 @@ def test_a_refused_connection_is_retried_then_reported(kube_api):
     with pytest.raises(Exception, match="Connection refused|Max retries"):
         KubeApi(client).list_nodes()
     assert len(slept) == 2  # three attempts, two waits between them
+
+
+def test_a_binding_takes_the_lean_path_with_the_same_auth_retries_and_refusals(kube_api, api):
+    kube_api.add_node("gpu-1")
+    kube_api.add_pod("train")
+    kube_api.fail_next("POST", r"/pods/train/binding$", 503)
+    api.bind_pod("default", "train", "gpu-1", annotations={"gpufleet.io/assigned-gpus": "3"})
+    bindings = [r for r in kube_api.requests if r.path.endswith("/binding")]
+    assert len(bindings) == 2  # the 503 was retried
+    sent = bindings[-1]
+    assert sent.headers["Authorization"] == "Bearer emulator-token"
+    assert sent.headers["User-Agent"].startswith("gpufleet/") and sent.content_type == "application/json"
+    assert sent.body["target"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1"}
+    pod = api.get_pod("default", "train")
+    assert pod["spec"]["nodeName"] == "gpu-1"
+    assert pod["metadata"]["annotations"]["gpufleet.io/assigned-gpus"] == "3"
+    with pytest.raises(ApiException) as refused:  # bound already: the API's 409, not retried
+        api.bind_pod("default", "train", "gpu-2")
+    assert refused.value.status == 409 and "already assigned" in api_error_message(refused.value)
+    assert len([r for r in kube_api.requests if r.path.endswith("/binding")]) == 3
+
+
+def test_the_connection_pool_holds_as_many_connections_as_asked(kube_api):
+    default = api_client(kubeconfig=kube_api.kubeconfig)
+    sized = api_client(kubeconfig=kube_api.kubeconfig, connections=24)
+    assert sized.rest_client.pool_manager.connection_pool_kw["maxsize"] == 24
+    assert default.rest_client.pool_manager.connection_pool_kw["maxsize"] != 24

@@ -415,7 +415,8 @@ def serve_command(kubeconfig, context, scheduler_name, policy, seed, lease, iden
     try:
         from gpufleet.kube.client import api_client
 
-        api = KubeApi(api_client(request_timeout=request_timeout, kubeconfig=kubeconfig, context=context))
+        api = KubeApi(api_client(request_timeout=request_timeout, kubeconfig=kubeconfig, context=context,
+                                 connections=config.connections))
     except KUBE_ERRORS as exc:
         raise click.ClickException(f"no Kubernetes API to talk to: {describe_error(exc)}") from None
     scheduler = GpuScheduler(api, config)

@@ -90,10 +90,20 @@ class ServeConfig:
     aging_per_second: float = 1 / 60  # one priority step per minute waited
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    bind_workers: int = 6  # with the watches and the loop's own calls, within the client's pool
+    # Binding requests in flight at once: a binding is one round trip, so the rate is at most
+    # bind_workers / binding latency. The client's connection pool must hold them all besides
+    # the watches and the loop's own calls (`connections`), or urllib3 opens and drops a
+    # connection per request beyond it.
+    bind_workers: int = 16
     watch_timeout: int = 300
     # The workload mix FGD measures fragmentation against; None: the pods placed so far.
     typical_requests: list[Request] | None = None
+    gauge_interval: float = 0.25  # seconds between recomputations of the fleet-wide gauges
+
+    @property
+    def connections(self) -> int:
+        """The client connection pool this scheduler needs: binders, three watches, the loop."""
+        return self.bind_workers + 4
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -212,9 +222,11 @@ class ClusterCache:
     def assume(self, pod: dict, decision: Decision) -> None:
         """Count a decision before the API confirms it (the Placer already committed it)."""
         uid = _uid(pod)
-        placed = json.loads(json.dumps(pod))
-        placed["spec"]["nodeName"] = decision.node
-        placed["metadata"].setdefault("annotations", {}).update(binding_annotations(decision))
+        # A copy of the parts that change; the rest is shared with the queued pod, never mutated.
+        meta = pod["metadata"]
+        placed = dict(pod, spec=dict(pod["spec"], nodeName=decision.node),
+                      metadata=dict(meta, annotations={**(meta.get("annotations") or {}),
+                                                       **binding_annotations(decision)}))
         self.bound[uid] = placed
         self.assumed[uid] = decision.node
 
@@ -352,6 +364,8 @@ class GpuScheduler:
         self.synced = False
         self.last_loop = time.monotonic()
         self._placers: dict[str, Placer] = {}  # by policy; all built from the same model
+        self._gauge_capacity: tuple[object, int] = (None, 0)  # (fleet, its schedulable GPU milli)
+        self._gauges_at = 0.0  # when the fleet-wide gauges were last computed
         self._watches: list[Watch] = []
         self._pool: ThreadPoolExecutor | None = None
         # GPUWorkloads (when the CRD is installed): objects, and those whose status to refresh.
@@ -668,9 +682,18 @@ class GpuScheduler:
         placer = self._placers.get(self.config.policy)
         if placer is None or self.cache.stale:
             return
+        # The ratios scan every GPU of the fleet: not after every batch of events.
+        now = time.monotonic()
+        if now - self._gauges_at < self.config.gauge_interval and self._gauge_capacity[0] is placer.fleet:
+            return
+        self._gauges_at = now
         fleet = placer.fleet
-        # Failed GPUs (free 0, never offered) count neither as capacity nor as allocated.
-        capacity = MILLI_PER_GPU * sum(1 for node in fleet.nodes for gpu in node.gpus if gpu.health != "fail")
+        if self._gauge_capacity[0] is not fleet:
+            # Failed GPUs (free 0, never offered) count neither as capacity nor as allocated.
+            # Counted once per model build: this runs after every batch of events.
+            self._gauge_capacity = (fleet, MILLI_PER_GPU * sum(
+                1 for node in fleet.nodes for gpu in node.gpus if gpu.health != "fail"))
+        capacity = self._gauge_capacity[1]
         if not capacity:
             return
         free = fleet.gpu_free.clip(min=0)
