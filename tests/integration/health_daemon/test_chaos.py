@@ -395,7 +395,9 @@ def test_a_redis_restart_mid_run_loses_no_events(fleet, tmp_path):
                 fleet.inject("gpu-1", gpu=2, xid=xid)
                 wait_for(lambda v=verdict: agent.last_report.verdict.name == v, 10, f"verdict {verdict}")
             # the publisher thread buffers an event just after the cycle reports its verdict
-            wait_for(lambda: len(agent.redis_sink.buffer) == 3, 10, "three events buffered while Redis is down")
+            wait_for(
+                lambda: len(agent.redis_sink.buffer) == 3, 10, "three events buffered while Redis is down"
+            )
             server.start()  # the same port; Redis lost its memory (no persistence in this test)
             wait_for(lambda: statuses() == ["MONITOR", "RESET", "REBOOT"], 20, "the buffered events in order")
         assert metric(agent, "gpufleet_health_redis_events_dropped_total") == 0

@@ -5,8 +5,9 @@ One publication is one GET of the node and at most one PATCH (a JSON merge
 patch carrying the resourceVersion read, so a concurrent writer makes it 409
 and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
-older than `report_refresh`. Placing a NEW fence also LISTs the nodes once, for
-the circuit breaker. Taints go through THE taint merge (gpufleet.kube.taints).
+older than `report_refresh`. Placing a NEW fence also makes one LIST for the
+circuit breaker — of the fenced nodes only (see BreakerCount). Taints go through
+THE taint merge (gpufleet.kube.taints), which keeps the fence label with them.
 The GpuHealthy condition is one more PATCH (status subresource) only when its
 status, reason or message change; a fence, fence change or lift is one POST
 of an Event. All of it through gpufleet.kube (one client factory; every
@@ -22,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpufleet.health.config import KubernetesSettings
-from gpufleet.health.fencing import FenceDecision, FenceMemory, decide_fence, fleet_fence_count
+from gpufleet.health.fencing import (
+    FenceDecision,
+    FenceMemory,
+    decide_fence,
+    fenced_by_gpufleet,
+)
 from gpufleet.health.sinks.publication import (
     ANNOTATION_HEALTH_REPORT,
     LABEL_LAST_CHECK,
@@ -34,8 +40,16 @@ from gpufleet.kube.api import KUBE_ERRORS, KubeApi, describe_error, update_node
 from gpufleet.kube.client import connect
 from gpufleet.kube.conditions import set_node_condition
 from gpufleet.kube.events import record_node_event
-from gpufleet.kube.nodes import annotations_patch, labels_patch, merge_node_patches, node_labels, taint_patch
-from gpufleet.kube.taints import TAINT_UNHEALTHY
+from gpufleet.kube.fleet import LABEL_GPU_COUNT, is_gpu_node
+from gpufleet.kube.nodes import (
+    annotations_patch,
+    fence_label,
+    labels_patch,
+    merge_node_patches,
+    node_labels,
+    taint_patch,
+)
+from gpufleet.kube.taints import LABEL_FENCED, TAINT_UNHEALTHY, fenced_by_gpufleet_taints
 
 log = logging.getLogger("gpufleet.health.kube")
 
@@ -68,11 +82,46 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
     )
 
 
+class BreakerCount:
+    """The circuit breaker's numbers in a few small requests, never a LIST of every node.
+
+    Fenced nodes: one LIST with the labelSelector `gpufleet.io/fenced` (the label
+    the taint merge writes in the same PATCH as a gpufleet fence), so the answer
+    holds the fenced nodes only; each is still checked for the fence itself (a
+    label left without its taint does not count). GPU nodes, needed only for a
+    "N%" limit: all nodes (a LIST of one node: the server says how many remain)
+    minus those without GPUs — a LIST of the nodes without the agent's
+    `gpufleet.io/gpu-count` label (the control plane, CPU nodes), each checked.
+
+    Fleet-wide the count is not a lock: agents whose LIST and fence PATCH
+    overlap all see the same count, so the fenced total can exceed the limit by
+    the number of agents deciding within one count + PATCH round trip of each
+    other, minus one (never more than the nodes faulting at that instant).
+    """
+
+    def __init__(self, api: KubeApi, node_name: str, max_fenced: str):
+        self.api = api
+        self.node_name = node_name
+        self.max_fenced = max_fenced
+
+    def gpu_nodes(self) -> int:
+        without_label = self.api.list_nodes(f"!{LABEL_GPU_COUNT}")
+        return self.api.count_nodes() - sum(1 for n in without_label if not is_gpu_node(n))
+
+    def __call__(self) -> dict[str, int]:
+        fenced = [n for n in self.api.list_nodes(LABEL_FENCED)
+                  if n["metadata"]["name"] != self.node_name and is_gpu_node(n) and fenced_by_gpufleet(n)]
+        # an absolute limit (a number of nodes) does not need the size of the fleet: -1, not counted
+        gpu_nodes = self.gpu_nodes() if str(self.max_fenced).strip().endswith("%") else -1
+        return {"gpu_nodes": gpu_nodes, "fenced": len(fenced)}
+
+
 class KubeNodeSink:
     def __init__(self, api: KubeApi, node_name: str, settings: KubernetesSettings):
         self.api = api
         self.node_name = node_name
         self.settings = settings
+        self.breaker = BreakerCount(api, node_name, settings.max_fenced)
 
     def publish(
         self, publication: Publication, memory: FenceMemory, boot_id: str | None = None
@@ -80,9 +129,6 @@ class KubeNodeSink:
         """Make the node show `publication` and the fence decision; raises KUBE_ERRORS on API failure."""
         settings = self.settings
         decided: dict = {}
-
-        def fleet() -> dict[str, int]:
-            return fleet_fence_count(self.api.list_nodes(), exclude=self.node_name)
 
         def compute(node: dict) -> dict | None:
             decision = decide_fence(
@@ -93,13 +139,18 @@ class KubeNodeSink:
                 settings.taint_level,
                 settings.lift_after,
                 settings.max_fenced,
-                fleet,
+                self.breaker,
                 boot_id=boot_id,
                 now=publication.time,
             )
             decided["decision"] = decision
+            change = decision.taint_change if decision.writes else None
+            fenced = (fenced_by_gpufleet_taints(change.after, change.owned_after) if change
+                      else fenced_by_gpufleet(node))
             content = merge_node_patches(
-                labels_patch(node, publication.labels),
+                # the fence label follows the fence on this node whoever wrote it (a fence from an
+                # agent that predates the label gets it here)
+                labels_patch(node, {**publication.labels, **fence_label(fenced)}),
                 annotations_patch(node, {**publication.annotations, **decision.annotations()}),
                 taint_patch(decision.taint_change) if decision.writes else None,
             )
