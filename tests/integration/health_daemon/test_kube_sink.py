@@ -79,7 +79,14 @@ def test_one_get_and_one_patch_then_nothing_while_unchanged(fleet, kube_api):
     kube_api.clear_requests()
 
     agent.cycle()
-    assert [r.method for r in node_requests(kube_api)] == ["GET", "PATCH"]
+    # ...and, after the first publication, the GPU nodes counted for the breaker's "10%" (again every
+    # ~10 min): one node listed (the answer says how many remain) and the nodes without GPU labels
+    assert [repr(r) for r in node_requests(kube_api)] == [
+        "<GET /api/v1/nodes/gpu-1>",
+        "<PATCH /api/v1/nodes/gpu-1>",
+        "<GET /api/v1/nodes?labelSelector=!gpufleet.io/gpu-count>",
+        "<GET /api/v1/nodes?limit=1>",
+    ]
     assert len(status_patches(kube_api)) == 1  # the GpuHealthy condition appears
     kube_api.clear_requests()
 
@@ -107,15 +114,11 @@ def test_a_change_is_one_patch_with_the_fence_and_labels_together(fleet, kube_ap
     body = patches[0].body if isinstance(patches[0].body, dict) else json.loads(patches[0].body)
     assert body["spec"]["taints"][0]["key"] == UNHEALTHY
     assert body["metadata"]["labels"]["gpufleet.io/health"] == "fail"
-    # the LISTs are the circuit breaker's count, made only before placing a new fence: of the fenced
-    # nodes (by the label the fence carries) and, for the "10%", the size of the fleet (one node listed:
-    # the answer says how many remain; and the nodes without the agent's gpu-count label), never of
-    # every node
+    # the LIST is the circuit breaker's count, made only before placing a new fence: of the fenced
+    # nodes (by the label the fence carries), never of every node
     assert [repr(r) for r in node_requests(kube_api)] == [
         "<GET /api/v1/nodes/gpu-1>",
         f"<GET /api/v1/nodes?labelSelector={FENCED}>",
-        "<GET /api/v1/nodes?labelSelector=!gpufleet.io/gpu-count>",
-        "<GET /api/v1/nodes?limit=1>",
         "<PATCH /api/v1/nodes/gpu-1>",
     ]
     assert body["metadata"]["labels"][FENCED] == "true"  # the label in the same write as the taint
@@ -370,7 +373,7 @@ def test_the_breaker_counts_the_fenced_nodes_without_listing_every_node(fleet, k
         kube_api.add_node(f"cpu-{i}", gpus=0)
     agents = [fleet.agent(name) for name in names]  # max_fenced 10% of 40 GPU nodes: 4
     for agent in agents:
-        agent.cycle()  # healthy: the agents label their nodes (gpu-count)
+        agent.cycle()  # healthy: the agents label their nodes (gpu-count) and count the GPU nodes
     for name in names:
         fleet.inject(name, gpu=0, settings={"remapped_rows.pending": True})
     kube_api.clear_requests()
@@ -380,8 +383,8 @@ def test_the_breaker_counts_the_fenced_nodes_without_listing_every_node(fleet, k
     assert [r.fence_action for r in results].count("fence") == 4
     assert [r.fence_action for r in results].count("suppressed") == 36
     lists = [r for r in kube_api.requests if r.method == "GET" and r.path == "/api/v1/nodes"]
-    assert len(lists) == 3 * 40  # three small ones per decision to fence...
-    assert all(r.query.get("labelSelector") or r.query.get("limit") == "1" for r in lists)  # ...none of all
+    assert len(lists) == 40  # one per decision to fence...
+    assert {r.query.get("labelSelector") for r in lists} == {FENCED}  # ...of the fenced nodes only
     fenced = {n for n in names if fence_of(kube_api.get_node(n))}
     assert fenced_labelled(kube_api) == fenced and len(fenced) == 4
 

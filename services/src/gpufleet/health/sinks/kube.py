@@ -6,7 +6,8 @@ patch carrying the resourceVersion read, so a concurrent writer makes it 409
 and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
 older than `report_refresh`. Placing a NEW fence also makes one LIST for the
-circuit breaker — of the fenced nodes only (see BreakerCount). Taints go through
+circuit breaker — of the fenced nodes only — and with a "N%" limit two small
+LISTs count the GPU nodes after a publication every ~10 min (BreakerCount). Taints go through
 THE taint merge (gpufleet.kube.taints), which keeps the fence label with them.
 The GpuHealthy condition is one more PATCH (status subresource) only when its
 status, reason or message change; a fence, fence change or lift is one POST
@@ -19,6 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,37 +86,58 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
     )
 
 
-class BreakerCount:
-    """The circuit breaker's numbers in a few small requests, never a LIST of every node.
+GPU_COUNT_REFRESH = 600.0  # seconds between counts of the GPU nodes (+-25 %: agents spread out)
 
-    Fenced nodes: one LIST with the labelSelector `gpufleet.io/fenced` (the label
-    the taint merge writes in the same PATCH as a gpufleet fence), so the answer
-    holds the fenced nodes only; each is still checked for the fence itself (a
-    label left without its taint does not count). GPU nodes, needed only for a
-    "N%" limit: all nodes (a LIST of one node: the server says how many remain)
-    minus those without GPUs — a LIST of the nodes without the agent's
-    `gpufleet.io/gpu-count` label (the control plane, CPU nodes), each checked.
+
+class BreakerCount:
+    """The circuit breaker's numbers in small requests, never a LIST of every node.
+
+    Fenced nodes, before every new fence: one LIST with the labelSelector
+    `gpufleet.io/fenced` (the label the taint merge writes in the same PATCH as a
+    gpufleet fence), so the answer holds the fenced nodes only; each is still
+    checked for the fence itself (a label left without its taint does not count).
+
+    GPU nodes, only for a "N%" limit: all nodes (a LIST of one node: the server
+    says how many remain) minus those without GPUs (a LIST of the nodes without
+    the agent's `gpufleet.io/gpu-count` label — the control plane, CPU nodes —
+    each checked). A fleet's size changes slowly: counted after the agent's first
+    publication and again when GPU_COUNT_REFRESH has passed, always after a
+    publication (`refresh`), so a fence waits for one LIST only; inline only when
+    never counted.
 
     Fleet-wide the count is not a lock: agents whose LIST and fence PATCH
     overlap all see the same count, so the fenced total can exceed the limit by
-    the number of agents deciding within one count + PATCH round trip of each
+    the number of agents deciding within one LIST + PATCH round trip of each
     other, minus one (never more than the nodes faulting at that instant).
     """
 
-    def __init__(self, api: KubeApi, node_name: str, max_fenced: str):
+    def __init__(self, api: KubeApi, node_name: str, max_fenced: str,
+                 clock: Callable[[], float] = time.monotonic):
         self.api = api
         self.node_name = node_name
-        self.max_fenced = max_fenced
+        self.percent = str(max_fenced).strip().endswith("%")
+        self.clock = clock
+        self.gpu_nodes: int | None = None
+        self.count_due = 0.0
 
-    def gpu_nodes(self) -> int:
+    def count_gpu_nodes(self) -> int:
         without_label = self.api.list_nodes(f"!{LABEL_GPU_COUNT}")
-        return self.api.count_nodes() - sum(1 for n in without_label if not is_gpu_node(n))
+        self.gpu_nodes = self.api.count_nodes() - sum(1 for n in without_label if not is_gpu_node(n))
+        self.count_due = self.clock() + GPU_COUNT_REFRESH * random.uniform(0.75, 1.25)
+        return self.gpu_nodes
+
+    def refresh(self) -> None:
+        """Count the GPU nodes when due (a "N%" limit only); called after a publication."""
+        if self.percent and (self.gpu_nodes is None or self.clock() >= self.count_due):
+            self.count_gpu_nodes()
 
     def __call__(self) -> dict[str, int]:
         fenced = [n for n in self.api.list_nodes(LABEL_FENCED)
                   if n["metadata"]["name"] != self.node_name and is_gpu_node(n) and fenced_by_gpufleet(n)]
-        # an absolute limit (a number of nodes) does not need the size of the fleet: -1, not counted
-        gpu_nodes = self.gpu_nodes() if str(self.max_fenced).strip().endswith("%") else -1
+        if not self.percent:  # a number of nodes: the size of the fleet does not matter (-1: not counted)
+            gpu_nodes = -1
+        else:
+            gpu_nodes = self.gpu_nodes if self.gpu_nodes is not None else self.count_gpu_nodes()
         return {"gpu_nodes": gpu_nodes, "fenced": len(fenced)}
 
 
@@ -168,6 +193,10 @@ class KubeNodeSink:
         self._condition(node, publication)
         if changed and decision.action in FENCE_EVENTS:
             self._event(node, decision)
+        try:
+            self.breaker.refresh()  # after the fence, not before it
+        except KUBE_ERRORS as exc:  # counted at the next publication (or inline before a fence)
+            log.warning("could not count the GPU nodes: %s", describe_error(exc))
         return PublishResult(changed, decision, decided.get("patch"))
 
     # The condition and the events say what the labels and taint already say, for the tools that read
