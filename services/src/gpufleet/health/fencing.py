@@ -23,7 +23,8 @@ Rules (each has a test in tests/integration/health_daemon/):
 * circuit breaker: a new fence is withheld (recorded and alerted) when
   `max_fenced` GPU nodes already carry a gpufleet fence (counted by the label
   `gpufleet.io/fenced` that every fence write sets with the taint: see
-  gpufleet.health.sinks.kube.BreakerCount);
+  gpufleet.health.sinks.kube.BreakerCount); agents placing fences at the same
+  time count again afterwards and the later ones (fence_order) withdraw;
 * an operator's release is honoured: when our fence disappears without the
   agent lifting it, held findings are forgotten and the node judged afresh
   (a fault that is still there fences it again);
@@ -147,6 +148,17 @@ def foreign_fence(node: dict) -> dict | None:
 def fenced_by_gpufleet(node: dict) -> bool:
     """Carries an unhealthy or quarantine taint that a gpufleet component placed."""
     return fenced_by_gpufleet_taints(node_taints(node), parse_owned(node_annotations(node)))
+
+
+def fence_order(node: dict) -> tuple[float, str]:
+    """Where a fence stands in the breaker's queue: placed earlier first (`since` of the fence
+    record; a fence without one — a quarantine, an older agent's — counts as first), then by name."""
+    record = fence_record(node) or {}
+    try:
+        since = float(record.get("since") or 0.0)
+    except (TypeError, ValueError):
+        since = 0.0
+    return since, node["metadata"]["name"]
 
 
 def fleet_fence_count(nodes: list[dict], exclude: str | None = None) -> dict[str, int]:

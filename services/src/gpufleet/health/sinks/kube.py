@@ -5,9 +5,10 @@ One publication is one GET of the node and at most one PATCH (a JSON merge
 patch carrying the resourceVersion read, so a concurrent writer makes it 409
 and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
-older than `report_refresh`. Placing a NEW fence also makes one LIST for the
-circuit breaker — of the fenced nodes only — and with a "N%" limit two small
-LISTs count the GPU nodes after a publication every ~10 min (BreakerCount). Taints go through
+older than `report_refresh`. Placing a NEW fence also makes a LIST for the
+circuit breaker — of the fenced nodes only — before the PATCH and again after
+it (`_recount`); with a "N%" limit two small LISTs count the GPU nodes after a
+publication every ~10 min (BreakerCount). Taints go through
 THE taint merge (gpufleet.kube.taints), which keeps the fence label with them.
 The GpuHealthy condition is one more PATCH (status subresource) only when its
 status, reason or message change; a fence, fence change or lift is one POST
@@ -28,10 +29,14 @@ from pathlib import Path
 
 from gpufleet.health.config import KubernetesSettings
 from gpufleet.health.fencing import (
+    ANNOTATION_FENCE,
+    FENCE_EFFECT,
     FenceDecision,
     FenceMemory,
     decide_fence,
+    fence_order,
     fenced_by_gpufleet,
+    our_fence,
 )
 from gpufleet.health.sinks.publication import (
     ANNOTATION_HEALTH_REPORT,
@@ -51,8 +56,10 @@ from gpufleet.kube.nodes import (
     labels_patch,
     merge_node_patches,
     node_labels,
+    node_taint_change,
     taint_patch,
 )
+from gpufleet.kube.quarantine import OWNER_HEALTH
 from gpufleet.kube.taints import LABEL_FENCED, TAINT_UNHEALTHY, fenced_by_gpufleet_taints
 
 log = logging.getLogger("gpufleet.health.kube")
@@ -106,9 +113,10 @@ class BreakerCount:
     never counted.
 
     Fleet-wide the count is not a lock: agents whose LIST and fence PATCH
-    overlap all see the same count, so the fenced total can exceed the limit by
-    the number of agents deciding within one LIST + PATCH round trip of each
-    other, minus one (never more than the nodes faulting at that instant).
+    overlap all see the same count. KubeNodeSink._recount counts again after
+    the PATCH and withdraws a fence that `limit` earlier ones are ahead of, so
+    only agents whose recount missed an earlier-decided fence still in flight
+    stay past the limit.
     """
 
     def __init__(self, api: KubeApi, node_name: str, max_fenced: str,
@@ -131,9 +139,18 @@ class BreakerCount:
         if self.percent and (self.gpu_nodes is None or self.clock() >= self.count_due):
             self.count_gpu_nodes()
 
+    def fenced(self) -> list[dict]:
+        """The other GPU nodes carrying a gpufleet fence (one LIST, by the fence label)."""
+        return [n for n in self.api.list_nodes(LABEL_FENCED)
+                if n["metadata"]["name"] != self.node_name and is_gpu_node(n) and fenced_by_gpufleet(n)]
+
+    def ahead_of(self, node: dict) -> int:
+        """How many of the fenced nodes were fenced before `node` (fence_order)."""
+        mine = fence_order(node)
+        return sum(1 for n in self.fenced() if fence_order(n) < mine)
+
     def __call__(self) -> dict[str, int]:
-        fenced = [n for n in self.api.list_nodes(LABEL_FENCED)
-                  if n["metadata"]["name"] != self.node_name and is_gpu_node(n) and fenced_by_gpufleet(n)]
+        fenced = self.fenced()
         if not self.percent:  # a number of nodes: the size of the fleet does not matter (-1: not counted)
             gpu_nodes = -1
         else:
@@ -190,6 +207,8 @@ class KubeNodeSink:
 
         _, node, changed = update_node(self.api, self.node_name, compute)
         decision = decided["decision"]
+        if changed and decision.action == "fence":
+            node, decision = self._recount(node, decision)
         self._condition(node, publication)
         if changed and decision.action in FENCE_EVENTS:
             self._event(node, decision)
@@ -198,6 +217,39 @@ class KubeNodeSink:
         except KUBE_ERRORS as exc:  # counted at the next publication (or inline before a fence)
             log.warning("could not count the GPU nodes: %s", describe_error(exc))
         return PublishResult(changed, decision, decided.get("patch"))
+
+    def _recount(self, node: dict, decision: FenceDecision) -> tuple[dict, FenceDecision]:
+        """Count again once our fence is in: agents that counted at the same time as we did may have
+        fenced too. If `limit` fences were placed before ours (fence_order), ours is withdrawn at once,
+        so agents racing past the limit leave only those whose fences nobody could see yet."""
+        limit = decision.fleet.get("limit", -1)
+        if limit < 0:
+            return node, decision
+        try:
+            ahead = self.breaker.ahead_of(node)
+        except KUBE_ERRORS as exc:  # the fence stays (a fence too many, not a fault unfenced)
+            log.warning("could not count the fences again: %s", describe_error(exc))
+            return node, decision
+        if ahead < limit:
+            return node, decision
+
+        def withdraw(current: dict) -> dict | None:
+            if our_fence(current) is None:
+                return None
+            ours = [{"key": TAINT_UNHEALTHY, "effect": FENCE_EFFECT}]
+            change = node_taint_change(current, ours, "absent", OWNER_HEALTH)
+            record = annotations_patch(current, {ANNOTATION_FENCE: None})
+            return merge_node_patches(taint_patch(change), record)
+
+        _, node, _ = update_node(self.api, self.node_name, withdraw)
+        numbers = dict(decision.fleet, fenced=ahead)
+        return node, FenceDecision(
+            "suppressed",
+            f"circuit breaker open: {ahead} GPU nodes were fenced before this one by agents deciding at "
+            f"the same time (limit {limit}); fence withdrawn",
+            None,
+            fleet=numbers,
+        )
 
     # The condition and the events say what the labels and taint already say, for the tools that read
     # those (kubectl describe, autoscalers, remediation controllers). A failure to write them is logged
