@@ -460,3 +460,31 @@ def test_a_fence_from_before_the_label_gets_it_at_the_next_cycle(fleet, kube_api
     assert fleet.agent("gpu-1").cycle().fence_action == "hold"
     assert fenced_labelled(kube_api) == {"gpu-1"}
     assert fleet.agent("gpu-3", kubernetes={"max_fenced": "1"}).cycle().fence_action == "suppressed"
+
+
+@pytest.mark.parametrize("other_since, withdrawn", [(1.0, True), (4102444800.0, False)])
+def test_a_fence_counted_again_is_withdrawn_only_behind_limit_earlier_fences(fleet, kube_api,
+                                                                             other_since, withdrawn):
+    from gpufleet.health.fencing import FenceDecision
+
+    fleet.add("gpu-a", "gpu-b")
+    fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
+    agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1"})
+    assert agent.cycle().fence_action == "fence"
+    # gpu-a's agent counted at the same time and placed its fence just after ours (another agent's
+    # write, as it lands on the API); `since` says which of the two decided first
+    record = json.dumps({"value": "RESET", "boot_id": None, "since": other_since})
+    kube_api.update_object("nodes", "gpu-a", {
+        "metadata": {"labels": {FENCED: "true"}, "annotations": {
+            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
+            "gpufleet.io/health-fence": record}},
+        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+
+    placed = FenceDecision("fence", "fencing", "RESET", fleet={"fenced": 0, "limit": 1})
+    node, decision = agent._kube()._recount(kube_api.get_node("gpu-b"), placed)
+
+    assert decision.action == ("suppressed" if withdrawn else "fence")
+    assert bool(fence_of(node)) is not withdrawn
+    assert bool(fence_of(kube_api.get_node("gpu-b"))) is not withdrawn
+    assert fenced_labelled(kube_api) == ({"gpu-a"} if withdrawn else {"gpu-a", "gpu-b"})
+    assert (our_record(kube_api.get_node("gpu-b")) is None) is withdrawn
