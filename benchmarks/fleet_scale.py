@@ -19,7 +19,8 @@ What runs (all on this machine, loopback only):
 
 Reported: Xid -> taint p50/p90/p99 (t0 to the API's answer to the PATCH that
 placed the taint, timed by the agent; CLOCK_MONOTONIC is shared by the
-processes), how many were fenced and how many the circuit breaker withheld
+processes) and to the end of the publication (the GpuHealthy condition and the
+Event follow the taint), how many were fenced and how many the circuit breaker withheld
 (`max_fenced`), API requests per second (idle and during the burst), and CPU
 of the agents and of the emulator. Then the lift: the faulty nodes reboot and
 their faults clear; after their next scheduled cycle (`--interval`,
@@ -125,13 +126,26 @@ def worker_process(names: list[str], workdir: str, kubeconfig: str, args: dict, 
             self.xid_arrived.clear()
             return super().wait_xid_events(0)
 
-    fence_times: dict[str, tuple[str, float]] = {}
+    import gpufleet.health.sinks.kube as kube_sink
+
+    fence_times: dict[str, tuple[str, float, float]] = {}
+    patch_answered: dict[str, float] = {}
+    update_node = kube_sink.update_node
+
+    def timed_update_node(api, name, compute, *a, **kw):
+        result = update_node(api, name, compute, *a, **kw)
+        patch_answered[name] = time.monotonic()  # the node write (taint and all) is in the API
+        return result
+
+    kube_sink.update_node = timed_update_node
 
     class TimedAgent(HealthAgent):
         def _apply_decision(self, decision) -> None:
             super()._apply_decision(decision)
             if decision.action in ("fence", "suppressed") and self.node_name not in fence_times:
-                fence_times[self.node_name] = (decision.action, time.monotonic())
+                # (action, the PATCH answered, the publication done: GpuHealthy condition and Event too)
+                answered = patch_answered[self.node_name]
+                fence_times[self.node_name] = (decision.action, answered, time.monotonic())
 
     work = Path(workdir)
     agents: dict[str, HealthAgent] = {}
@@ -286,12 +300,13 @@ def main() -> None:
                 if len(fences) >= len(faulty):
                     break
                 time.sleep(0.2)
-            burst_end = max((t for _, t in fences.values()), default=time.monotonic())
+            burst_end = max((t for _, _, t in fences.values()), default=time.monotonic())
             after, cpu_after = stats(), agents_cpu()
             window = max(burst_end - t0, 1e-3)
 
-            fenced = sorted((t - t0) for action, t in fences.values() if action == "fence")
-            suppressed = sum(1 for action, _ in fences.values() if action == "suppressed")
+            fenced = sorted((t - t0) for action, t, _ in fences.values() if action == "fence")
+            published = sorted((t - t0) for action, _, t in fences.values() if action == "fence")
+            suppressed = sum(1 for action, _, _ in fences.values() if action == "suppressed")
             print(
                 f"\nXid 79 on {len(faulty)} of {args.nodes} nodes at one instant "
                 f"(max_fenced {args.max_fenced}):"
@@ -310,6 +325,11 @@ def main() -> None:
                     f"P50 16.8 s, P90 28.2 s)"
                 )
                 print(f"  Xid -> taint max {max(ms):8.1f} ms")
+                ms = [v * 1000 for v in published]
+                print(
+                    f"  Xid -> publication done (+ GpuHealthy condition, Event) p50 "
+                    f"{statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms"
+                )
             print(
                 f"  API requests/s: idle {(idle['requests'] - before['requests']) / idle_wall:.1f}, "
                 f"burst {(after['requests'] - idle['requests']) / window:.1f} over {window:.2f} s"

@@ -11,6 +11,7 @@ from gpufleet.kube.client import RetryPolicy
 
 OWNED = "gpufleet.io/owned-taints"
 UNHEALTHY = "gpufleet.io/unhealthy"
+FENCED = "gpufleet.io/fenced"
 NODE_PATH = r"^/api/v1/nodes/gpu-1$"
 
 
@@ -78,7 +79,14 @@ def test_one_get_and_one_patch_then_nothing_while_unchanged(fleet, kube_api):
     kube_api.clear_requests()
 
     agent.cycle()
-    assert [r.method for r in node_requests(kube_api)] == ["GET", "PATCH"]
+    # ...and, after the first publication, the GPU nodes counted for the breaker's "10%" (again every
+    # ~10 min): one node listed (the answer says how many remain) and the nodes without GPU labels
+    assert [repr(r) for r in node_requests(kube_api)] == [
+        "<GET /api/v1/nodes/gpu-1>",
+        "<PATCH /api/v1/nodes/gpu-1>",
+        "<GET /api/v1/nodes?labelSelector=!gpufleet.io/gpu-count>",
+        "<GET /api/v1/nodes?limit=1>",
+    ]
     assert len(status_patches(kube_api)) == 1  # the GpuHealthy condition appears
     kube_api.clear_requests()
 
@@ -106,8 +114,16 @@ def test_a_change_is_one_patch_with_the_fence_and_labels_together(fleet, kube_ap
     body = patches[0].body if isinstance(patches[0].body, dict) else json.loads(patches[0].body)
     assert body["spec"]["taints"][0]["key"] == UNHEALTHY
     assert body["metadata"]["labels"]["gpufleet.io/health"] == "fail"
-    # the LIST is the circuit breaker's count, made only before placing a new fence
-    assert [r.method for r in node_requests(kube_api)] == ["GET", "GET", "PATCH"]
+    # the LISTs are the circuit breaker's count, made only around placing a new fence (before it, and
+    # after it for agents that counted at the same time): of the fenced nodes (by the label the fence
+    # carries), never of every node
+    assert [repr(r) for r in node_requests(kube_api)] == [
+        "<GET /api/v1/nodes/gpu-1>",
+        f"<GET /api/v1/nodes?labelSelector={FENCED}>",
+        "<PATCH /api/v1/nodes/gpu-1>",
+        f"<GET /api/v1/nodes?labelSelector={FENCED}>",
+    ]
+    assert body["metadata"]["labels"][FENCED] == "true"  # the label in the same write as the taint
 
 
 def test_conflict_is_retried_on_the_fresh_node(fleet, kube_api):
@@ -296,13 +312,12 @@ def test_circuit_breaker_fences_at_most_max_fenced_of_100_failing_nodes(fleet, k
 
 
 def test_circuit_breaker_with_a_count_and_a_quarantine_counting_as_fenced(fleet, kube_api):
-    quarantined = {"key": "gpufleet.io/quarantine", "value": "true", "effect": "NoExecute"}
-    kube_api.add_node(
-        "gpu-q",
-        taints=[quarantined],
-        annotations={OWNED: json.dumps({"gpufleet.io/quarantine:NoExecute": "gpufleet-quarantine"})},
-    )
-    fleet.add("gpu-1", "gpu-2")
+    from gpufleet.kube.api import KubeApi
+    from gpufleet.kube.quarantine import quarantine_node
+
+    fleet.add("gpu-q", "gpu-1", "gpu-2")
+    quarantine_node(KubeApi(kube_api.api_client), "gpu-q", reason="bad NVLink")  # the taint, no drain
+    assert kube_api.get_node("gpu-q")["metadata"]["labels"][FENCED] == "true"
     for name in ("gpu-1", "gpu-2"):
         fleet.inject(name, gpu=0, settings={"remapped_rows.pending": True})
 
@@ -346,3 +361,130 @@ def test_a_release_while_the_fault_is_still_there_fences_again(fleet, kube_api):
     assert result.released is True
     assert result.fence_action == "fence"  # judged afresh: the remap is still pending
     assert fence_of(kube_api.get_node("gpu-1"))[0]["value"] == "RESET"
+
+
+def fenced_labelled(kube_api) -> set[str]:
+    return {n["metadata"]["name"] for n in kube_api.list_objects("nodes")
+            if FENCED in (n["metadata"].get("labels") or {})}
+
+
+def test_the_breaker_counts_the_fenced_nodes_without_listing_every_node(fleet, kube_api):
+    names = [f"gpu-{i:02d}" for i in range(40)]
+    fleet.add(*names)
+    for i in range(10):  # the control plane and CPU nodes: not in the 10% (of 50 nodes it would be 5)
+        kube_api.add_node(f"cpu-{i}", gpus=0)
+    agents = [fleet.agent(name) for name in names]  # max_fenced 10% of 40 GPU nodes: 4
+    for agent in agents:
+        agent.cycle()  # healthy: the agents label their nodes (gpu-count) and count the GPU nodes
+    for name in names:
+        fleet.inject(name, gpu=0, settings={"remapped_rows.pending": True})
+    kube_api.clear_requests()
+
+    results = [agent.cycle() for agent in agents]
+
+    assert [r.fence_action for r in results].count("fence") == 4
+    assert [r.fence_action for r in results].count("suppressed") == 36
+    lists = [r for r in kube_api.requests if r.method == "GET" and r.path == "/api/v1/nodes"]
+    assert len(lists) == 40 + 4  # one per decision to fence and one after each fence...
+    assert {r.query.get("labelSelector") for r in lists} == {FENCED}  # ...of the fenced nodes only
+    fenced = {n for n in names if fence_of(kube_api.get_node(n))}
+    assert fenced_labelled(kube_api) == fenced and len(fenced) == 4
+
+
+def test_agents_deciding_at_once_overshoot_only_by_those_racing(fleet, kube_api):
+    names = [f"gpu-{i:02d}" for i in range(20)]
+    fleet.add(*names)
+    agents = {name: fleet.agent(name, kubernetes={"max_fenced": "3"}) for name in names}
+    racers = names[:10]
+    for name in racers:
+        fleet.inject(name, gpu=0, settings={"remapped_rows.pending": True})
+    start = threading.Barrier(len(racers))
+    actions: dict[str, str] = {}
+
+    def decide(name: str) -> None:
+        start.wait()
+        actions[name] = agents[name].cycle().fence_action
+
+    threads = [threading.Thread(target=decide, args=(name,)) for name in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    fenced = {n for n in names if fence_of(kube_api.get_node(n))}
+    assert fenced == {n for n, action in actions.items() if action == "fence"}
+    assert fenced_labelled(kube_api) == fenced
+    # Whatever the interleaving: the 3 fences placed first are never withdrawn, every racer without a
+    # fence was withheld (at its count, or it withdrew its fence on counting again once placed)
+    assert len(fenced) >= 3
+    assert all(actions[n] == "suppressed" for n in racers if n not in fenced)
+    assert all(our_record(kube_api.get_node(n)) is None for n in racers if n not in fenced)
+    # after the race the count is exact again: the next failing node is withheld
+    fleet.inject("gpu-10", gpu=0, settings={"remapped_rows.pending": True})
+    assert agents["gpu-10"].cycle().fence_action == "suppressed"
+
+
+def our_record(node: dict) -> str | None:
+    return (node["metadata"].get("annotations") or {}).get("gpufleet.io/health-fence")
+
+
+def test_the_fence_label_follows_the_fence(fleet, kube_api):
+    fleet.add("gpu-1", "gpu-2")
+    fleet.inject("gpu-1", gpu=3, settings={"remapped_rows.pending": True})
+    agent = fleet.agent("gpu-1", kubernetes={"lift_after": 1}, backend={"keeper_window": 0})
+    agent.cycle()
+    assert fenced_labelled(kube_api) == {"gpu-1"}
+
+    fleet.inject("gpu-1", clear=True)
+    assert agent.cycle().fence_action == "lift"
+    assert fenced_labelled(kube_api) == set()  # lifted in the same write as the taint
+
+
+def test_a_label_without_its_fence_does_not_count_and_goes(fleet, kube_api):
+    fleet.add("gpu-2", labels={FENCED: "true"})  # an operator removed the taint with kubectl
+    fleet.add("gpu-3")
+    fleet.inject("gpu-3", gpu=0, settings={"remapped_rows.pending": True})
+
+    assert fleet.agent("gpu-3", kubernetes={"max_fenced": "1"}).cycle().fence_action == "fence"
+    fleet.agent("gpu-2").cycle()
+    assert fenced_labelled(kube_api) == {"gpu-3"}
+
+
+def test_a_fence_from_before_the_label_gets_it_at_the_next_cycle(fleet, kube_api):
+    fleet.add("gpu-1", taints=[{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}],
+              annotations={OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"})})
+    fleet.add("gpu-3")
+    fleet.inject("gpu-1", gpu=0, settings={"remapped_rows.pending": True})  # still failing: held
+    fleet.inject("gpu-3", gpu=0, settings={"remapped_rows.pending": True})
+
+    assert fleet.agent("gpu-1").cycle().fence_action == "hold"
+    assert fenced_labelled(kube_api) == {"gpu-1"}
+    assert fleet.agent("gpu-3", kubernetes={"max_fenced": "1"}).cycle().fence_action == "suppressed"
+
+
+@pytest.mark.parametrize("other_since, withdrawn", [(1.0, True), (4102444800.0, False)])
+def test_a_fence_counted_again_is_withdrawn_only_behind_limit_earlier_fences(fleet, kube_api,
+                                                                             other_since, withdrawn):
+    from gpufleet.health.fencing import FenceDecision
+
+    fleet.add("gpu-a", "gpu-b")
+    fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
+    agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1"})
+    assert agent.cycle().fence_action == "fence"
+    # gpu-a's agent counted at the same time and placed its fence just after ours (another agent's
+    # write, as it lands on the API); `since` says which of the two decided first
+    record = json.dumps({"value": "RESET", "boot_id": None, "since": other_since})
+    kube_api.update_object("nodes", "gpu-a", {
+        "metadata": {"labels": {FENCED: "true"}, "annotations": {
+            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
+            "gpufleet.io/health-fence": record}},
+        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+
+    placed = FenceDecision("fence", "fencing", "RESET", fleet={"fenced": 0, "limit": 1})
+    node, decision = agent._kube()._recount(kube_api.get_node("gpu-b"), placed)
+
+    assert decision.action == ("suppressed" if withdrawn else "fence")
+    assert bool(fence_of(node)) is not withdrawn
+    assert bool(fence_of(kube_api.get_node("gpu-b"))) is not withdrawn
+    assert fenced_labelled(kube_api) == ({"gpu-a"} if withdrawn else {"gpu-a", "gpu-b"})
+    assert (our_record(kube_api.get_node("gpu-b")) is None) is withdrawn

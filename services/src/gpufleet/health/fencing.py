@@ -21,7 +21,10 @@ Rules (each has a test in tests/integration/health_daemon/):
   forgot (a truncated state file, a new disk). Without the annotation the
   fence counts as placed in the running boot;
 * circuit breaker: a new fence is withheld (recorded and alerted) when
-  `max_fenced` GPU nodes already carry a gpufleet fence;
+  `max_fenced` GPU nodes already carry a gpufleet fence (counted by the label
+  `gpufleet.io/fenced` that every fence write sets with the taint: see
+  gpufleet.health.sinks.kube.BreakerCount); agents placing fences at the same
+  time count again afterwards and the later ones (fence_order) withdraw;
 * an operator's release is honoured: when our fence disappears without the
   agent lifting it, held findings are forgotten and the node judged afresh
   (a fault that is still there fences it again);
@@ -39,11 +42,16 @@ from gpufleet.health.severity import HealthStatus, Severity
 from gpufleet.kube.fleet import is_gpu_node
 from gpufleet.kube.nodes import node_annotations, node_taint_change, node_taints
 from gpufleet.kube.quarantine import OWNER_HEALTH, quarantine_limit
-from gpufleet.kube.taints import TAINT_QUARANTINE, TAINT_UNHEALTHY, TaintChange, parse_owned, taint_id
+from gpufleet.kube.taints import (
+    TAINT_UNHEALTHY,
+    TaintChange,
+    fenced_by_gpufleet_taints,
+    parse_owned,
+    taint_id,
+)
 
 FENCE_EFFECT = "NoSchedule"
 FENCE_ID = f"{TAINT_UNHEALTHY}:{FENCE_EFFECT}"
-FENCING_TAINT_KEYS = (TAINT_UNHEALTHY, TAINT_QUARANTINE)
 ANNOTATION_FENCE = "gpufleet.io/health-fence"  # {value, boot_id, since} of our fence
 
 
@@ -139,11 +147,18 @@ def foreign_fence(node: dict) -> dict | None:
 
 def fenced_by_gpufleet(node: dict) -> bool:
     """Carries an unhealthy or quarantine taint that a gpufleet component placed."""
-    owned = parse_owned(node_annotations(node))
-    return any(
-        t.get("key") in FENCING_TAINT_KEYS and owned.get(taint_id(t), "").startswith("gpufleet")
-        for t in node_taints(node)
-    )
+    return fenced_by_gpufleet_taints(node_taints(node), parse_owned(node_annotations(node)))
+
+
+def fence_order(node: dict) -> tuple[float, str]:
+    """Where a fence stands in the breaker's queue: placed earlier first (`since` of the fence
+    record; a fence without one — a quarantine, an older agent's — counts as first), then by name."""
+    record = fence_record(node) or {}
+    try:
+        since = float(record.get("since") or 0.0)
+    except (TypeError, ValueError):
+        since = 0.0
+    return since, node["metadata"]["name"]
 
 
 def fleet_fence_count(nodes: list[dict], exclude: str | None = None) -> dict[str, int]:
@@ -165,7 +180,8 @@ def decide_fence(
     boot_id: str | None = None,
     now: float = 0.0,
 ) -> FenceDecision:
-    """The fence action for this cycle. `fleet()` is called only before placing a new fence.
+    """The fence action for this cycle. `fleet()` is called only before placing a new fence; it gives
+    {"gpu_nodes", "fenced"} (gpu_nodes -1: not counted, the limit is a number of nodes).
 
     `boot_id`: the running boot (None: unknown, so a REBOOT fence never lifts)."""
     mine = our_fence(node)
@@ -220,8 +236,9 @@ def decide_fence(
         if limit is not None and numbers["fenced"] >= limit:
             return FenceDecision(
                 "suppressed",
-                f"verdict {verdict.name}: circuit breaker open, {numbers['fenced']} of "
-                f"{numbers['gpu_nodes']} GPU nodes already fenced by gpufleet "
+                f"verdict {verdict.name}: circuit breaker open, {numbers['fenced']} "
+                + (f"of {numbers['gpu_nodes']} " if numbers["gpu_nodes"] >= 0 else "")
+                + "GPU nodes already fenced by gpufleet "
                 f"(max_fenced {max_fenced} = {limit}); not fencing this one",
                 None,
                 fleet=dict(numbers, limit=limit),

@@ -233,6 +233,16 @@ class KubeApi:
         """All nodes in ONE request (no pagination for fleets that fit a single response)."""
         return self.list(NODES, label_selector=label_selector)[0]
 
+    def count_nodes(self) -> int:
+        """How many nodes there are, from a LIST of one node: the API server tells how many remain
+        (remainingItemCount). A server that does not (older than 1.15) gets a LIST of all of them."""
+        answer = self.request("GET", NODES.path(), {"limit": 1})
+        metadata = answer.get("metadata") or {}
+        items = len(answer.get("items") or [])
+        if metadata.get("remainingItemCount") is not None:
+            return items + int(metadata["remainingItemCount"])
+        return items if not metadata.get("continue") else len(self.list_nodes())
+
     def get_node(self, name: str) -> dict:
         return self.get(NODES, name)
 

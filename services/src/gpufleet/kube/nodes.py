@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 from gpufleet.dicts import deep_merge
 from gpufleet.kube.api import KubeApi, update_node
-from gpufleet.kube.taints import OWNED_TAINTS_ANNOTATION, TaintChange, format_owned, merge_taints, parse_owned
+from gpufleet.kube.taints import (
+    LABEL_FENCED,
+    OWNED_TAINTS_ANNOTATION,
+    TaintChange,
+    fenced_by_gpufleet_taints,
+    format_owned,
+    merge_taints,
+    parse_owned,
+)
 from gpufleet.kube.validation import check_node_name, check_taints
 
 
@@ -40,7 +48,16 @@ def taint_patch(change: TaintChange) -> dict | None:
         patch["spec"] = {"taints": change.after}
     if change.owned_before != change.owned_after:
         patch["metadata"] = {"annotations": {OWNED_TAINTS_ANNOTATION: format_owned(change.owned_after)}}
+    fenced = fenced_by_gpufleet_taints(change.after, change.owned_after)
+    if fenced != fenced_by_gpufleet_taints(change.before, change.owned_before):
+        # the fence label changes in the same write as the fence (see LABEL_FENCED)
+        patch.setdefault("metadata", {})["labels"] = fence_label(fenced)
     return patch
+
+
+def fence_label(fenced: bool) -> dict:
+    """The LABEL_FENCED part of a merge patch: set while a gpufleet fence is on the node."""
+    return {LABEL_FENCED: "true" if fenced else None}
 
 
 def merge_node_patches(*patches: dict | None) -> dict | None:

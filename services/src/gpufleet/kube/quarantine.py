@@ -40,6 +40,7 @@ from gpufleet.kube.fleet import (
 )
 from gpufleet.kube.nodes import (
     annotations_patch,
+    fence_label,
     is_cordoned,
     labels_patch,
     merge_node_patches,
@@ -51,6 +52,7 @@ from gpufleet.kube.taints import (
     OWNED_TAINTS_ANNOTATION,
     TAINT_QUARANTINE,
     TAINT_UNHEALTHY,
+    fenced_by_gpufleet_taints,
     format_owned,
     merge_taints,
     parse_owned,
@@ -225,6 +227,7 @@ def _release_patch(node: dict, owners: list[str], health_label: str | None) -> d
         patches.append({"spec": {"taints": taints}})
     if owned != owned_before:
         patches.append({"metadata": {"annotations": {OWNED_TAINTS_ANNOTATION: format_owned(owned)}}})
+    patches.append(labels_patch(node, fence_label(fenced_by_gpufleet_taints(taints, owned))))
     record = quarantine_record(node)
     if record is not None:
         if record.get("cordoned-by-us") and is_cordoned(node):

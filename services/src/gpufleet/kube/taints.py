@@ -24,6 +24,12 @@ TAINT_UNHEALTHY = "gpufleet.io/unhealthy"
 TAINT_MAINTENANCE = "gpufleet.io/maintenance"
 TAINT_QUARANTINE = "gpufleet.io/quarantine"
 
+# The taints that fence a node when a gpufleet component placed them (the health agent's circuit
+# breaker counts them), and the label that mirrors them: written in the same PATCH as the taint, so
+# counting fenced nodes is one LIST with a labelSelector instead of a LIST of every node.
+FENCING_TAINT_KEYS = (TAINT_UNHEALTHY, TAINT_QUARANTINE)
+LABEL_FENCED = "gpufleet.io/fenced"
+
 
 def taint_id(taint: dict) -> str:
     """The identity kubectl matches taints by: key and effect."""
@@ -61,6 +67,12 @@ def parse_owned(annotations: dict | None) -> dict[str, str]:
     except ValueError:
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def fenced_by_gpufleet_taints(taints: list[dict], owned: dict[str, str]) -> bool:
+    """Carries an unhealthy or quarantine taint that a gpufleet component placed."""
+    return any(t.get("key") in FENCING_TAINT_KEYS and owned.get(taint_id(t), "").startswith("gpufleet")
+               for t in taints)
 
 
 def format_owned(owned: dict[str, str]) -> str | None:

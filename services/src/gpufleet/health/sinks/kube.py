@@ -5,8 +5,11 @@ One publication is one GET of the node and at most one PATCH (a JSON merge
 patch carrying the resourceVersion read, so a concurrent writer makes it 409
 and `update_node` recomputes on the fresh node). Nothing is written when the
 node already shows the publication; `last-check` alone is refreshed only when
-older than `report_refresh`. Placing a NEW fence also LISTs the nodes once, for
-the circuit breaker. Taints go through THE taint merge (gpufleet.kube.taints).
+older than `report_refresh`. Placing a NEW fence also makes a LIST for the
+circuit breaker — of the fenced nodes only — before the PATCH and again after
+it (`_recount`); with a "N%" limit two small LISTs count the GPU nodes after a
+publication every ~10 min (BreakerCount). Taints go through
+THE taint merge (gpufleet.kube.taints), which keeps the fence label with them.
 The GpuHealthy condition is one more PATCH (status subresource) only when its
 status, reason or message change; a fence, fence change or lift is one POST
 of an Event. All of it through gpufleet.kube (one client factory; every
@@ -18,11 +21,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpufleet.health.config import KubernetesSettings
-from gpufleet.health.fencing import FenceDecision, FenceMemory, decide_fence, fleet_fence_count
+from gpufleet.health.fencing import (
+    ANNOTATION_FENCE,
+    FENCE_EFFECT,
+    FenceDecision,
+    FenceMemory,
+    decide_fence,
+    fence_order,
+    fenced_by_gpufleet,
+    our_fence,
+)
 from gpufleet.health.sinks.publication import (
     ANNOTATION_HEALTH_REPORT,
     LABEL_LAST_CHECK,
@@ -34,8 +49,18 @@ from gpufleet.kube.api import KUBE_ERRORS, KubeApi, describe_error, update_node
 from gpufleet.kube.client import connect
 from gpufleet.kube.conditions import set_node_condition
 from gpufleet.kube.events import record_node_event
-from gpufleet.kube.nodes import annotations_patch, labels_patch, merge_node_patches, node_labels, taint_patch
-from gpufleet.kube.taints import TAINT_UNHEALTHY
+from gpufleet.kube.fleet import LABEL_GPU_COUNT, is_gpu_node
+from gpufleet.kube.nodes import (
+    annotations_patch,
+    fence_label,
+    labels_patch,
+    merge_node_patches,
+    node_labels,
+    node_taint_change,
+    taint_patch,
+)
+from gpufleet.kube.quarantine import OWNER_HEALTH
+from gpufleet.kube.taints import LABEL_FENCED, TAINT_UNHEALTHY, fenced_by_gpufleet_taints
 
 log = logging.getLogger("gpufleet.health.kube")
 
@@ -68,11 +93,77 @@ def open_kube_api(settings: KubernetesSettings) -> KubeApi:
     )
 
 
+GPU_COUNT_REFRESH = 600.0  # seconds between counts of the GPU nodes (+-25 %: agents spread out)
+
+
+class BreakerCount:
+    """The circuit breaker's numbers in small requests, never a LIST of every node.
+
+    Fenced nodes, before every new fence: one LIST with the labelSelector
+    `gpufleet.io/fenced` (the label the taint merge writes in the same PATCH as a
+    gpufleet fence), so the answer holds the fenced nodes only; each is still
+    checked for the fence itself (a label left without its taint does not count).
+
+    GPU nodes, only for a "N%" limit: all nodes (a LIST of one node: the server
+    says how many remain) minus those without GPUs (a LIST of the nodes without
+    the agent's `gpufleet.io/gpu-count` label — the control plane, CPU nodes —
+    each checked). A fleet's size changes slowly: counted after the agent's first
+    publication and again when GPU_COUNT_REFRESH has passed, always after a
+    publication (`refresh`), so a fence waits for one LIST only; inline only when
+    never counted.
+
+    Fleet-wide the count is not a lock: agents whose LIST and fence PATCH
+    overlap all see the same count. KubeNodeSink._recount counts again after
+    the PATCH and withdraws a fence that `limit` earlier ones are ahead of, so
+    only agents whose recount missed an earlier-decided fence still in flight
+    stay past the limit.
+    """
+
+    def __init__(self, api: KubeApi, node_name: str, max_fenced: str,
+                 clock: Callable[[], float] = time.monotonic):
+        self.api = api
+        self.node_name = node_name
+        self.percent = str(max_fenced).strip().endswith("%")
+        self.clock = clock
+        self.gpu_nodes: int | None = None
+        self.count_due = 0.0
+
+    def count_gpu_nodes(self) -> int:
+        without_label = self.api.list_nodes(f"!{LABEL_GPU_COUNT}")
+        self.gpu_nodes = self.api.count_nodes() - sum(1 for n in without_label if not is_gpu_node(n))
+        self.count_due = self.clock() + GPU_COUNT_REFRESH * random.uniform(0.75, 1.25)
+        return self.gpu_nodes
+
+    def refresh(self) -> None:
+        """Count the GPU nodes when due (a "N%" limit only); called after a publication."""
+        if self.percent and (self.gpu_nodes is None or self.clock() >= self.count_due):
+            self.count_gpu_nodes()
+
+    def fenced(self) -> list[dict]:
+        """The other GPU nodes carrying a gpufleet fence (one LIST, by the fence label)."""
+        return [n for n in self.api.list_nodes(LABEL_FENCED)
+                if n["metadata"]["name"] != self.node_name and is_gpu_node(n) and fenced_by_gpufleet(n)]
+
+    def ahead_of(self, node: dict) -> int:
+        """How many of the fenced nodes were fenced before `node` (fence_order)."""
+        mine = fence_order(node)
+        return sum(1 for n in self.fenced() if fence_order(n) < mine)
+
+    def __call__(self) -> dict[str, int]:
+        fenced = self.fenced()
+        if not self.percent:  # a number of nodes: the size of the fleet does not matter (-1: not counted)
+            gpu_nodes = -1
+        else:
+            gpu_nodes = self.gpu_nodes if self.gpu_nodes is not None else self.count_gpu_nodes()
+        return {"gpu_nodes": gpu_nodes, "fenced": len(fenced)}
+
+
 class KubeNodeSink:
     def __init__(self, api: KubeApi, node_name: str, settings: KubernetesSettings):
         self.api = api
         self.node_name = node_name
         self.settings = settings
+        self.breaker = BreakerCount(api, node_name, settings.max_fenced)
 
     def publish(
         self, publication: Publication, memory: FenceMemory, boot_id: str | None = None
@@ -80,9 +171,6 @@ class KubeNodeSink:
         """Make the node show `publication` and the fence decision; raises KUBE_ERRORS on API failure."""
         settings = self.settings
         decided: dict = {}
-
-        def fleet() -> dict[str, int]:
-            return fleet_fence_count(self.api.list_nodes(), exclude=self.node_name)
 
         def compute(node: dict) -> dict | None:
             decision = decide_fence(
@@ -93,13 +181,18 @@ class KubeNodeSink:
                 settings.taint_level,
                 settings.lift_after,
                 settings.max_fenced,
-                fleet,
+                self.breaker,
                 boot_id=boot_id,
                 now=publication.time,
             )
             decided["decision"] = decision
+            change = decision.taint_change if decision.writes else None
+            fenced = (fenced_by_gpufleet_taints(change.after, change.owned_after) if change
+                      else fenced_by_gpufleet(node))
             content = merge_node_patches(
-                labels_patch(node, publication.labels),
+                # the fence label follows the fence on this node whoever wrote it (a fence from an
+                # agent that predates the label gets it here)
+                labels_patch(node, {**publication.labels, **fence_label(fenced)}),
                 annotations_patch(node, {**publication.annotations, **decision.annotations()}),
                 taint_patch(decision.taint_change) if decision.writes else None,
             )
@@ -114,10 +207,49 @@ class KubeNodeSink:
 
         _, node, changed = update_node(self.api, self.node_name, compute)
         decision = decided["decision"]
+        if changed and decision.action == "fence":
+            node, decision = self._recount(node, decision)
         self._condition(node, publication)
         if changed and decision.action in FENCE_EVENTS:
             self._event(node, decision)
+        try:
+            self.breaker.refresh()  # after the fence, not before it
+        except KUBE_ERRORS as exc:  # counted at the next publication (or inline before a fence)
+            log.warning("could not count the GPU nodes: %s", describe_error(exc))
         return PublishResult(changed, decision, decided.get("patch"))
+
+    def _recount(self, node: dict, decision: FenceDecision) -> tuple[dict, FenceDecision]:
+        """Count again once our fence is in: agents that counted at the same time as we did may have
+        fenced too. If `limit` fences were placed before ours (fence_order), ours is withdrawn at once,
+        so agents racing past the limit leave only those whose fences nobody could see yet."""
+        limit = decision.fleet.get("limit", -1)
+        if limit < 0:
+            return node, decision
+        try:
+            ahead = self.breaker.ahead_of(node)
+        except KUBE_ERRORS as exc:  # the fence stays (a fence too many, not a fault unfenced)
+            log.warning("could not count the fences again: %s", describe_error(exc))
+            return node, decision
+        if ahead < limit:
+            return node, decision
+
+        def withdraw(current: dict) -> dict | None:
+            if our_fence(current) is None:
+                return None
+            ours = [{"key": TAINT_UNHEALTHY, "effect": FENCE_EFFECT}]
+            change = node_taint_change(current, ours, "absent", OWNER_HEALTH)
+            record = annotations_patch(current, {ANNOTATION_FENCE: None})
+            return merge_node_patches(taint_patch(change), record)
+
+        _, node, _ = update_node(self.api, self.node_name, withdraw)
+        numbers = dict(decision.fleet, fenced=ahead)
+        return node, FenceDecision(
+            "suppressed",
+            f"circuit breaker open: {ahead} GPU nodes were fenced before this one by agents deciding at "
+            f"the same time (limit {limit}); fence withdrawn",
+            None,
+            fleet=numbers,
+        )
 
     # The condition and the events say what the labels and taint already say, for the tools that read
     # those (kubectl describe, autoscalers, remediation controllers). A failure to write them is logged

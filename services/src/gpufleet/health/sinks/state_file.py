@@ -37,7 +37,8 @@ def write_state(path: Path | str, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(dict(data, schema=STATE_SCHEMA), handle, separators=(",", ":"))
+            # dumps, not dump: json.dump to a file runs the pure-Python encoder (10x the CPU, per cycle)
+            handle.write(json.dumps(dict(data, schema=STATE_SCHEMA), separators=(",", ":")))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o640)
