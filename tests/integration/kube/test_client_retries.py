@@ -92,3 +92,45 @@ def test_the_connection_pool_holds_as_many_connections_as_asked(kube_api):
     sized = api_client(kubeconfig=kube_api.kubeconfig, connections=24)
     assert sized.rest_client.pool_manager.connection_pool_kw["maxsize"] == 24
     assert default.rest_client.pool_manager.connection_pool_kw["maxsize"] != 24
+
+
+def test_a_binding_to_a_refused_port_is_retried_then_reported():
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = api_client(host=f"http://127.0.0.1:{port}", api_key="x",
+                        retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
+    slept = []
+    client.sleep = slept.append
+    with pytest.raises(Exception, match="refused"):
+        KubeApi(client).bind_pod("default", "train", "gpu-1")
+    assert len(slept) == 2  # nothing was sent: retried like any request
+
+
+def test_a_binding_over_tls_checks_the_server_against_the_ca(kube_api_tls):
+    kube_api_tls.add_node("gpu-1")
+    kube_api_tls.add_pod("train")
+    kube_api_tls.add_pod("infer")
+    trusted = api_client(host=kube_api_tls.url, api_key=kube_api_tls.token, ca_cert=kube_api_tls.ca_cert)
+    KubeApi(trusted).bind_pod("default", "train", "gpu-1")
+    assert KubeApi(trusted).get_pod("default", "train")["spec"]["nodeName"] == "gpu-1"
+    other = api_client(host=kube_api_tls.url, api_key=kube_api_tls.token, ca_cert=kube_api_tls.other_ca)
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        KubeApi(other).bind_pod("default", "infer", "gpu-1")
+    assert not KubeApi(trusted).get_pod("default", "infer")["spec"].get("nodeName")
+
+
+def test_bindings_from_one_thread_keep_one_connection_across_requests(kube_api, api):
+    kube_api.add_node("gpu-1")
+    for name in ("a", "b", "c"):
+        kube_api.add_pod(name)
+        api.bind_pod("default", name, "gpu-1")
+    assert api.api_client._kept.connection.sock is not None  # still open for the next one
+    kube_api.add_pod("d")
+    import socket
+
+    api.api_client._kept.connection.sock.shutdown(socket.SHUT_RDWR)  # as if the server closed it while idle
+    api.bind_pod("default", "d", "gpu-1")  # reconnects rather than failing
+    assert api.get_pod("default", "d")["spec"]["nodeName"] == "gpu-1"

@@ -25,11 +25,15 @@ deadline, not several. The client announces itself as `gpufleet/<version>`.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import random
+import ssl
+import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +42,7 @@ from kubernetes import client, config
 from kubernetes.client import rest
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3.util.wait import wait_for_read
 
 log = logging.getLogger("gpufleet.kube")
 
@@ -159,6 +164,8 @@ class GpufleetApiClient(client.ApiClient):
         self.source = source
         self.user_agent = USER_AGENT
         self.sleep = time.sleep
+        self._direct = _direct_target(configuration)
+        self._kept = threading.local()  # each thread's own keep-alive connection for post_json
 
     def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
         timeout = _request_timeout or self.request_timeout
@@ -179,10 +186,43 @@ class GpufleetApiClient(client.ApiClient):
             headers["Cookie"] = self.cookie
         self.update_params_for_auth(headers, [], ["BearerToken"], path, "POST", body)
         url = self.configuration.host + path
+        if self._direct is not None:
+            return self._retrying("POST", url, lambda: self._post_kept(url, path, data, headers))
         timeout = urllib3.Timeout(total=self.request_timeout)
         pool = self.rest_client.pool_manager
         return self._retrying("POST", url, lambda: rest.RESTResponse(pool.request(
             "POST", url, body=data, headers=headers, timeout=timeout, preload_content=False)))
+
+    def _post_kept(self, url: str, path: str, data: bytes, headers: dict) -> rest.RESTResponse:
+        """One POST on this thread's keep-alive connection (http.client: half urllib3's CPU per request).
+
+        Errors are reported as the pool reports them, so `_retrying` decides alike:
+        a refused connection is retried, a timeout (the deadline, per socket
+        operation as urllib3's read timeout) and a reset never are (a write).
+        """
+        scheme, host, port, prefix, context = self._direct
+        connection = getattr(self._kept, "connection", None)
+        if connection is not None and connection.sock is not None and wait_for_read(connection.sock, 0):
+            connection.close()  # closed by the server while idle: http.client reconnects
+        if connection is None:
+            if scheme == "https":
+                connection = http.client.HTTPSConnection(host, port, timeout=self.request_timeout,
+                                                         context=context)
+            else:
+                connection = http.client.HTTPConnection(host, port, timeout=self.request_timeout)
+            self._kept.connection = connection
+        try:
+            connection.request("POST", prefix + path, body=data, headers=headers)
+            answer = connection.getresponse()
+            body = answer.read()
+        except ConnectionRefusedError as exc:
+            connection.close()
+            raise urllib3.exceptions.MaxRetryError(
+                None, url, urllib3.exceptions.NewConnectionError(None, f"connection refused: {exc}")) from exc
+        except BaseException:
+            connection.close()  # half a request on it: never reused
+            raise
+        return rest.RESTResponse(_Answer(answer.status, answer.reason, answer.headers, body))
 
     def _retrying(self, method: str, url: str, send) -> rest.RESTResponse:
         reading = method in ("GET", "HEAD")
@@ -210,6 +250,40 @@ class GpufleetApiClient(client.ApiClient):
                 continue
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass
+class _Answer:
+    """What RESTResponse reads of an answer: the keep-alive path's, read in full."""
+
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage  # case-insensitive get(), as the pool's headers
+    data: bytes
+
+
+def _direct_target(configuration: client.Configuration) -> tuple | None:
+    """(scheme, host, port, path prefix, TLS context) for post_json's keep-alive connections.
+
+    None: post_json uses the pool.
+
+    Through a proxy, or with a TLS server name other than the host's, the pool's
+    own handling applies.
+    """
+    parts = urllib.parse.urlsplit(configuration.host or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname or configuration.proxy \
+            or getattr(configuration, "tls_server_name", None) or configuration.assert_hostname is not None:
+        return None
+    context = None
+    if parts.scheme == "https":
+        # The pool's TLS rules: the CA file (else the system's), the client certificate, verify_ssl.
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if not configuration.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return parts.scheme, parts.hostname, parts.port, parts.path.rstrip("/"), context
 
 
 def configuration_for(environ: Mapping[str, str] | None = None,
