@@ -147,6 +147,39 @@ def test_set_based_selectors_merge_patch_nulls_and_dry_run(kube_api):
     assert not kube_api.get_node("a")["spec"].get("unschedulable")
 
 
+def test_label_selected_lists_follow_every_write(kube_api):
+    """LISTs by `key=value` and `key` answer from the label index: each write path must keep it exact."""
+    kube_api.add_node("a", labels={"fenced": "true"})
+    kube_api.add_node("b")
+    kube_api.add_pod("p", labels={"fenced": "true"})  # another resource with the same label
+    core = client.CoreV1Api(kube_api.api_client)
+
+    def names(selector):
+        return [n.metadata.name for n in core.list_node(label_selector=selector).items]
+
+    assert names("fenced") == names("fenced=true") == ["a"]
+    assert names("fenced=") == []
+    core.patch_node("b", {"metadata": {"labels": {"fenced": "true"}}},
+                    _content_type="application/merge-patch+json")
+    assert names("fenced,fenced=true") == ["a", "b"]
+    core.patch_node("a", [{"op": "replace", "path": "/metadata/labels/fenced", "value": ""}])
+    assert names("fenced") == ["a", "b"] and names("fenced=true") == ["b"] and names("fenced=") == ["a"]
+    node = core.read_node("b")
+    node.metadata.labels.pop("fenced")
+    core.replace_node("b", node)
+    assert names("fenced") == ["a"]
+    core.patch_node_status("a", {"metadata": {"labels": {"fenced": None}}, "status": {"phase": "Running"}})
+    assert names("fenced") == ["a"]  # the status subresource leaves the labels alone
+    kube_api.update_object("nodes", "b", {"metadata": {"labels": {"fenced": "true"}}})
+    assert names("fenced=true") == ["b"]
+    core.delete_node("b")
+    assert names("fenced=true") == []
+    kube_api.add_node("b")
+    assert names("fenced") == ["a"] and names("!fenced") == ["b"]
+    pods = core.list_namespaced_pod("default", label_selector="fenced").items
+    assert [p.metadata.name for p in pods] == ["p"]
+
+
 def test_evicted_pods_linger_while_terminating(kube_api):
     import time
 
