@@ -52,16 +52,22 @@ def test_429_is_retried_only_when_the_server_says_when(kube_api, api):
     assert refused.value.status == 429 and count(kube_api, "PATCH") == 1
 
 
-def test_a_refused_connection_is_retried_then_reported(kube_api):
+def client_of_a_refused_port():
+    """A client of a port nobody listens on, and the waits between its attempts."""
     import socket
 
-    with socket.socket() as probe:  # a port nobody listens on
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     client = api_client(host=f"http://127.0.0.1:{port}", api_key="x",
                         retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
-    slept = []
+    slept: list[float] = []
     client.sleep = slept.append
+    return client, slept
+
+
+def test_a_refused_connection_is_retried_then_reported(kube_api):
+    client, slept = client_of_a_refused_port()
     with pytest.raises(Exception, match="Connection refused|Max retries"):
         KubeApi(client).list_nodes()
     assert len(slept) == 2  # three attempts, two waits between them
@@ -95,15 +101,7 @@ def test_the_connection_pool_holds_as_many_connections_as_asked(kube_api):
 
 
 def test_a_binding_to_a_refused_port_is_retried_then_reported():
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    client = api_client(host=f"http://127.0.0.1:{port}", api_key="x",
-                        retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
-    slept = []
-    client.sleep = slept.append
+    client, slept = client_of_a_refused_port()
     with pytest.raises(Exception, match="refused"):
         KubeApi(client).bind_pod("default", "train", "gpu-1")
     assert len(slept) == 2  # nothing was sent: retried like any request
