@@ -132,3 +132,60 @@ def test_bindings_from_one_thread_keep_one_connection_across_requests(kube_api, 
     api.api_client._kept.connection.sock.shutdown(socket.SHUT_RDWR)  # as if the server closed it while idle
     api.bind_pod("default", "d", "gpu-1")  # reconnects rather than failing
     assert api.get_pod("default", "d")["spec"]["nodeName"] == "gpu-1"
+
+
+def test_reads_and_writes_take_the_lean_path_on_one_connection(kube_api, api):
+    kube_api.add_node("gpu-1", labels={"gpufleet.io/fenced": "true", "team": "a"})
+    kube_api.add_node("gpu-2")
+    api.patch_node("gpu-1", {"metadata": {"labels": {"team": None, "zone": "z1"}}})  # None: removed
+    assert api.get_node("gpu-1")["metadata"]["labels"].get("team") is None
+    assert [n["metadata"]["name"] for n in api.list_nodes("gpufleet.io/fenced")] == ["gpu-1"]
+    assert [n["metadata"]["name"] for n in api.list_nodes("zone=z1")] == ["gpu-1"]
+    assert [n["metadata"]["name"] for n in api.list_nodes("!gpufleet.io/fenced")] == ["gpu-2"]
+    api.patch_node_status("gpu-2", {"status": {"conditions": [{"type": "GpuHealthy", "status": "True"}]}})
+    patch, status = [r for r in kube_api.requests if r.method == "PATCH"]
+    assert patch.content_type == "application/merge-patch+json"
+    assert status.content_type == "application/strategic-merge-patch+json" and status.path.endswith("/status")
+    assert all(r.headers["Authorization"] == "Bearer emulator-token"
+               and r.headers["User-Agent"].startswith("gpufleet/") for r in kube_api.requests)
+    assert api.api_client._kept.connection.sock is not None  # one connection kept for the next request
+    with pytest.raises(ApiException) as missing:
+        api.get_node("gpu-9")
+    assert missing.value.status == 404 and "not found" in api_error_message(missing.value)
+
+
+def test_a_read_whose_kept_connection_is_lost_is_retried():
+    """A server that drops the first connection unanswered: a GET is sent again, a PATCH is not."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    seen: list[str] = []
+
+    def serve() -> None:
+        for number in range(3):
+            connection, _ = listener.accept()
+            with connection:
+                request = connection.recv(65536).decode()
+                seen.append(request.split(" ", 1)[0])
+                if number == 0 or request.startswith("PATCH"):
+                    continue  # closed without an answer
+                body = b'{"kind": "Node", "metadata": {"name": "gpu-1"}}'
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = api_client(host=f"http://127.0.0.1:{port}", api_key="x",
+                        retry=RetryPolicy(attempts=3, base=0.01, cap=0.02))
+    try:
+        assert KubeApi(client).get_node("gpu-1")["metadata"]["name"] == "gpu-1"
+        assert seen == ["GET", "GET"]
+        with pytest.raises(Exception, match="connection lost|Max retries"):
+            KubeApi(client).patch_node("gpu-1", {"metadata": {"labels": {"a": "b"}}})
+        assert seen == ["GET", "GET", "PATCH"]  # a write the server may have applied is never repeated
+    finally:
+        listener.close()

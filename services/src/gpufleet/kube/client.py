@@ -193,12 +193,41 @@ class GpufleetApiClient(client.ApiClient):
         return self._retrying("POST", url, lambda: rest.RESTResponse(pool.request(
             "POST", url, body=data, headers=headers, timeout=timeout, preload_content=False)))
 
+    def request_kept(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
+                     body=None, content_type: str = "application/json") -> rest.RESTResponse | None:
+        """One request on this thread's keep-alive connection, answer read in full; None: not possible here.
+
+        The lean path for a caller that reads the whole answer (KubeApi.request): the
+        same auth, headers, body encoding, deadline and retries as `call_api`, without
+        the pool's and the generated client's per-request work. None through a proxy or
+        a TLS server name (`_direct_target`): the caller uses `call_api`.
+        """
+        if self._direct is None:
+            return None
+        headers = {**self.default_headers, "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(self.sanitize_for_serialization(body)).encode()
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        self.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        if query:  # encoded as the generated client encodes them (quote, "/" kept)
+            path = f"{path}?{urllib.parse.urlencode(query, safe='/', quote_via=urllib.parse.quote)}"
+        url = self.configuration.host + path
+        return self._retrying(method, url, lambda: self._send_kept(method, url, path, data, headers))
+
     def _post_kept(self, url: str, path: str, data: bytes, headers: dict) -> rest.RESTResponse:
-        """One POST on this thread's keep-alive connection (http.client: half urllib3's CPU per request).
+        return self._send_kept("POST", url, path, data, headers)
+
+    def _send_kept(self, method: str, url: str, path: str, data: bytes | None,
+                   headers: dict) -> rest.RESTResponse:
+        """One request on this thread's keep-alive connection (http.client: half urllib3's CPU per request).
 
         Errors are reported as the pool reports them, so `_retrying` decides alike:
-        a refused connection is retried, a timeout (the deadline, per socket
-        operation as urllib3's read timeout) and a reset never are (a write).
+        a refused connection is retried, a connection reset or closed under a read is
+        retried (a GET), a timeout (the deadline, per socket operation as urllib3's read
+        timeout) and a reset under a write never are.
         """
         scheme, host, port, prefix, context = self._direct
         connection = getattr(self._kept, "connection", None)
@@ -212,15 +241,19 @@ class GpufleetApiClient(client.ApiClient):
                 connection = http.client.HTTPConnection(host, port, timeout=self.request_timeout)
             self._kept.connection = connection
         try:
-            connection.request("POST", prefix + path, body=data, headers=headers)
+            connection.request(method, prefix + path, body=data, headers=headers)
             answer = connection.getresponse()
             body = answer.read()
         except ConnectionRefusedError as exc:
             connection.close()
             raise urllib3.exceptions.MaxRetryError(
                 None, url, urllib3.exceptions.NewConnectionError(None, f"connection refused: {exc}")) from exc
-        except BaseException:
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
             connection.close()  # half a request on it: never reused
+            raise urllib3.exceptions.MaxRetryError(
+                None, url, urllib3.exceptions.ProtocolError(f"connection lost: {exc!r}", exc)) from exc
+        except BaseException:
+            connection.close()
             raise
         return rest.RESTResponse(_Answer(answer.status, answer.reason, answer.headers, body))
 
@@ -304,6 +337,10 @@ def configuration_for(environ: Mapping[str, str] | None = None,
             setattr(configuration, attribute, value)
     if configuration.username and configuration.password and not auth.get("api_key"):
         configuration.api_key = {"BearerToken": configuration.get_basic_auth_token()}
+    # The environment's proxy for this host, resolved once (the pool is built with it anyway): the
+    # client's host setter re-reads os.environ whenever the host is assigned, and a kubeconfig token's
+    # refresh hook assigns it before every request (a sixth of a small request's CPU).
+    configuration.proxy = configuration.proxy
     # Our own retry loop decides; urllib3's would repeat a timed-out GET three more times.
     configuration.retries = urllib3.util.Retry(total=0, connect=0, read=0, redirect=3, status=0,
                                                 raise_on_redirect=True, raise_on_status=False)
