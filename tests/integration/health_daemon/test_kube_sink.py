@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from gpufleet.health.daemon import FIRST_BACKOFF
@@ -488,3 +489,59 @@ def test_a_fence_counted_again_is_withdrawn_only_behind_limit_earlier_fences(fle
     assert bool(fence_of(kube_api.get_node("gpu-b"))) is not withdrawn
     assert fenced_labelled(kube_api) == ({"gpu-a"} if withdrawn else {"gpu-a", "gpu-b"})
     assert (our_record(kube_api.get_node("gpu-b")) is None) is withdrawn
+
+
+# The request deadline of the next two tests: the second count waits 3 of them after the fence,
+# long enough for a cycle right after the fence to come before it on a loaded machine.
+SHORT_DEADLINE = 2.0
+
+
+def test_a_fence_whose_recount_missed_an_earlier_one_is_withdrawn_at_its_second_count(fleet, kube_api):
+    """The overshoot the first recount leaves: a fence decided before ours lands after our recount.
+
+    Our next publication at least settle_seconds (3 request deadlines) after the fence counts
+    again, sees it ahead, and withdraws ours: the limit holds exactly once the race has settled."""
+    fleet.add("gpu-a", "gpu-b")
+    fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
+    agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1", "request_timeout": SHORT_DEADLINE})
+    assert agent.cycle().fence_action == "fence"
+    fenced_at = time.time()
+    # gpu-a's agent decided first (since 1.0) but its PATCH was slow: it lands now, after our recount
+    record = json.dumps({"value": "RESET", "boot_id": None, "since": 1.0})
+    kube_api.update_object("nodes", "gpu-a", {
+        "metadata": {"labels": {FENCED: "true"}, "annotations": {
+            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
+            "gpufleet.io/health-fence": record}},
+        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+    assert fenced_labelled(kube_api) == {"gpu-a", "gpu-b"}  # one past the limit, for now
+
+    assert agent.cycle().fence_action == "hold"  # within the settle time: not counted again yet
+    time.sleep(max(0.0, fenced_at + 3 * SHORT_DEADLINE + 0.1 - time.time()))
+    assert agent.cycle().fence_action == "suppressed"
+    assert fenced_labelled(kube_api) == {"gpu-a"}
+    assert our_record(kube_api.get_node("gpu-b")) is None
+    # counted twice: later cycles leave the (now withheld) node alone and the limit stays exact
+    assert agent.cycle().fence_action == "suppressed"
+    assert fenced_labelled(kube_api) == {"gpu-a"}
+
+
+def test_a_fence_ahead_of_the_limit_stays_at_its_second_count(fleet, kube_api):
+    fleet.add("gpu-a", "gpu-b")
+    fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
+    agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1", "request_timeout": SHORT_DEADLINE})
+    assert agent.cycle().fence_action == "fence"
+    fenced_at = time.time()
+    # gpu-a decided after us and its recount should withdraw it; until it does, ours stays
+    record = json.dumps({"value": "RESET", "boot_id": None, "since": 4102444800.0})
+    kube_api.update_object("nodes", "gpu-a", {
+        "metadata": {"labels": {FENCED: "true"}, "annotations": {
+            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
+            "gpufleet.io/health-fence": record}},
+        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+    time.sleep(max(0.0, fenced_at + 3 * SHORT_DEADLINE + 0.1 - time.time()))
+    kube_api.clear_requests()
+    assert agent.cycle().fence_action == "hold"
+    assert fenced_labelled(kube_api) == {"gpu-a", "gpu-b"}
+    # it did count again (one LIST of the fenced nodes), and found no earlier fence ahead of it
+    assert [r.query.get("labelSelector") for r in kube_api.requests if r.method == "GET"
+            and r.path == "/api/v1/nodes"] == [FENCED]

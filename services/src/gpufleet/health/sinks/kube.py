@@ -114,9 +114,9 @@ class BreakerCount:
 
     Fleet-wide the count is not a lock: agents whose LIST and fence PATCH
     overlap all see the same count. KubeNodeSink._recount counts again after
-    the PATCH and withdraws a fence that `limit` earlier ones are ahead of, so
-    only agents whose recount missed an earlier-decided fence still in flight
-    stay past the limit.
+    the PATCH and withdraws a fence that `limit` earlier ones are ahead of, and
+    once more a few request deadlines later, when no earlier-decided fence can
+    still be in flight: past the limit only until then.
     """
 
     def __init__(self, api: KubeApi, node_name: str, max_fenced: str,
@@ -164,6 +164,8 @@ class KubeNodeSink:
         self.node_name = node_name
         self.settings = settings
         self.breaker = BreakerCount(api, node_name, settings.max_fenced)
+        # (limit, time) of our fence until its second count (see _recount); None: nothing to count.
+        self._unconfirmed: tuple[int, float] | None = None
 
     def publish(
         self, publication: Publication, memory: FenceMemory, boot_id: str | None = None
@@ -209,6 +211,15 @@ class KubeNodeSink:
         decision = decided["decision"]
         if changed and decision.action == "fence":
             node, decision = self._recount(node, decision)
+            limit = decision.fleet.get("limit", -1)
+            placed = decision.action == "fence" and limit >= 0
+            self._unconfirmed = (limit, publication.time) if placed else None
+        elif self._unconfirmed is not None and publication.time - self._unconfirmed[1] >= self.settle_seconds:
+            limit, self._unconfirmed = self._unconfirmed[0], None
+            if decision.value is not None and our_fence(node) is not None:
+                node, withdrawn = self._recount(node, {"limit": limit}, second=True)
+                if withdrawn is not None:
+                    decision, changed = withdrawn, True
         self._condition(node, publication)
         if changed and decision.action in FENCE_EVENTS:
             self._event(node, decision)
@@ -218,20 +229,34 @@ class KubeNodeSink:
             log.warning("could not count the GPU nodes: %s", describe_error(exc))
         return PublishResult(changed, decision, decided.get("patch"))
 
-    def _recount(self, node: dict, decision: FenceDecision) -> tuple[dict, FenceDecision]:
+    @property
+    def settle_seconds(self) -> float:
+        """How long a fence decided before ours can still be in flight: its GET, LIST and PATCH,
+        each within the request deadline."""
+        return 3 * self.settings.request_timeout
+
+    def _recount(self, node: dict, decision, second: bool = False):
         """Count again once our fence is in: agents that counted at the same time as we did may have
-        fenced too. If `limit` fences were placed before ours (fence_order), ours is withdrawn at once,
-        so agents racing past the limit leave only those whose fences nobody could see yet."""
-        limit = decision.fleet.get("limit", -1)
+        fenced too. If `limit` fences were placed before ours (fence_order), ours is withdrawn at once.
+
+        That leaves past the limit only fences whose recount missed one placed before them (fence_order
+        is the agent's time of decision) but still in flight — its PATCH slowed by a busy node or API.
+        So each fence is counted a second time at the agent's first publication `settle_seconds`
+        after it, when every fence decided before it has landed or failed, and withdrawn then under
+        the same rule: the limit holds exactly from there on. `second`: that count; `decision` is
+        then the fleet numbers, and the result None while the fence stays."""
+        numbers = decision if second else decision.fleet
+        kept = None if second else decision
+        limit = numbers.get("limit", -1)
         if limit < 0:
-            return node, decision
+            return node, kept
         try:
             ahead = self.breaker.ahead_of(node)
         except KUBE_ERRORS as exc:  # the fence stays (a fence too many, not a fault unfenced)
             log.warning("could not count the fences again: %s", describe_error(exc))
-            return node, decision
+            return node, kept
         if ahead < limit:
-            return node, decision
+            return node, kept
 
         def withdraw(current: dict) -> dict | None:
             if our_fence(current) is None:
@@ -242,13 +267,12 @@ class KubeNodeSink:
             return merge_node_patches(taint_patch(change), record)
 
         _, node, _ = update_node(self.api, self.node_name, withdraw)
-        numbers = dict(decision.fleet, fenced=ahead)
         return node, FenceDecision(
             "suppressed",
             f"circuit breaker open: {ahead} GPU nodes were fenced before this one by agents deciding at "
-            f"the same time (limit {limit}); fence withdrawn",
+            f"the same time (limit {limit}); fence withdrawn" + (" at its second count" if second else ""),
             None,
-            fleet=numbers,
+            fleet=dict(numbers, fenced=ahead),
         )
 
     # The condition and the events say what the labels and taint already say, for the tools that read
