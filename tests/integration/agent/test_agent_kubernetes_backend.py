@@ -263,3 +263,38 @@ async def test_a_pod_that_ends_is_reported_from_the_watch(k8s_config, kube_api):
     finally:
         await kubelet.stop()
         await agent.stop(destroy_kernels=True)
+
+
+async def test_the_agent_runs_kernels_with_only_its_service_account(k8s_config, kube_api, tmp_path):
+    """The RBAC of roles/kernel_agent/templates/kubernetes.yaml.j2 is all the agent needs: capacity
+    from the nodes, a kernel's pod and service created, watched, executed in, destroyed. The emulator
+    authorizes every request by that manifest (403 otherwise; see tests/integration/kube)."""
+    from pathlib import Path
+
+    import jinja2
+
+    template = Path(__file__).resolve().parents[3] / "roles/kernel_agent/templates/kubernetes.yaml.j2"
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    environment.filters["bool"] = bool  # Ansible's, for the booleans passed here
+    manifest = environment.from_string(template.read_text()).render(
+        ansible_managed="test", kernel_agent_kube_namespace=NAMESPACE, kernel_agent_scratch_type="hostdir",
+        kernel_agent_kube_runtime_class=True)
+    kubeconfig = kube_api.service_account_kubeconfig(tmp_path / "agent.kubeconfig", manifest, NAMESPACE,
+                                                     "gpufleet-agent")
+    (tmp_path / "rbac").mkdir()
+    config = make_config(tmp_path / "rbac", backend="kubernetes", kube_namespace=NAMESPACE,
+                         kubeconfig=kubeconfig, kernel_image="python:3.11-slim", kernel_ready_timeout=5)
+    agent = Agent(config)
+    assert len(agent.capacity.gpus) == 4
+    kubelet = FakeKubelet(kube_api, config.container.scratch_root)
+    kubelet.start()
+    await agent.start()
+    try:
+        record = await agent.create_kernel(gpus=1)
+        assert (await agent.execute(record.kernel_id, "query", "6 * 7"))["stdout"] == "42\n"
+        await agent.destroy_kernel(record.kernel_id)
+        assert kube_api.list_objects("pods", NAMESPACE) == []
+        assert kube_api.list_objects("services", NAMESPACE) == []
+    finally:
+        await kubelet.stop()
+        await agent.stop(destroy_kernels=True)
