@@ -425,6 +425,16 @@ def test_agents_deciding_at_once_overshoot_only_by_those_racing(fleet, kube_api)
     assert agents["gpu-10"].cycle().fence_action == "suppressed"
 
 
+def another_agents_fence_lands(kube_api, node: str, since: float) -> None:
+    """Another agent's fence on `node`, as its PATCH lands on the API; `since`: when it decided."""
+    record = json.dumps({"value": "RESET", "boot_id": None, "since": since})
+    kube_api.update_object("nodes", node, {
+        "metadata": {"labels": {FENCED: "true"}, "annotations": {
+            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
+            "gpufleet.io/health-fence": record}},
+        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+
+
 def our_record(node: dict) -> str | None:
     return (node["metadata"].get("annotations") or {}).get("gpufleet.io/health-fence")
 
@@ -474,12 +484,7 @@ def test_a_fence_counted_again_is_withdrawn_only_behind_limit_earlier_fences(fle
     assert agent.cycle().fence_action == "fence"
     # gpu-a's agent counted at the same time and placed its fence just after ours (another agent's
     # write, as it lands on the API); `since` says which of the two decided first
-    record = json.dumps({"value": "RESET", "boot_id": None, "since": other_since})
-    kube_api.update_object("nodes", "gpu-a", {
-        "metadata": {"labels": {FENCED: "true"}, "annotations": {
-            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
-            "gpufleet.io/health-fence": record}},
-        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+    another_agents_fence_lands(kube_api, "gpu-a", since=other_since)
 
     placed = FenceDecision("fence", "fencing", "RESET", fleet={"fenced": 0, "limit": 1})
     node, decision = agent._kube()._recount(kube_api.get_node("gpu-b"), placed)
@@ -496,52 +501,33 @@ def test_a_fence_counted_again_is_withdrawn_only_behind_limit_earlier_fences(fle
 SHORT_DEADLINE = 2.0
 
 
-def test_a_fence_whose_recount_missed_an_earlier_one_is_withdrawn_at_its_second_count(fleet, kube_api):
+@pytest.mark.parametrize("other_since, withdrawn", [(1.0, True), (4102444800.0, False)])
+def test_a_fence_is_counted_a_second_time_once_racing_fences_have_landed(fleet, kube_api, other_since,
+                                                                          withdrawn):
     """The overshoot the first recount leaves: a fence decided before ours lands after our recount.
 
-    Our next publication at least settle_seconds (3 request deadlines) after the fence counts
-    again, sees it ahead, and withdraws ours: the limit holds exactly once the race has settled."""
+    Our first publication at least settle_seconds (3 request deadlines) after the fence counts
+    again (one LIST of the fenced nodes) and withdraws ours if the other one decided first: the
+    limit holds exactly once the race has settled. A fence decided after ours changes nothing."""
     fleet.add("gpu-a", "gpu-b")
     fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
     agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1", "request_timeout": SHORT_DEADLINE})
     assert agent.cycle().fence_action == "fence"
     fenced_at = time.time()
-    # gpu-a's agent decided first (since 1.0) but its PATCH was slow: it lands now, after our recount
-    record = json.dumps({"value": "RESET", "boot_id": None, "since": 1.0})
-    kube_api.update_object("nodes", "gpu-a", {
-        "metadata": {"labels": {FENCED: "true"}, "annotations": {
-            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
-            "gpufleet.io/health-fence": record}},
-        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
+    # gpu-a's agent counted at the same time, but its PATCH was slow: it lands now, after our recount
+    another_agents_fence_lands(kube_api, "gpu-a", since=other_since)
     assert fenced_labelled(kube_api) == {"gpu-a", "gpu-b"}  # one past the limit, for now
 
-    assert agent.cycle().fence_action == "hold"  # within the settle time: not counted again yet
-    time.sleep(max(0.0, fenced_at + 3 * SHORT_DEADLINE + 0.1 - time.time()))
-    assert agent.cycle().fence_action == "suppressed"
-    assert fenced_labelled(kube_api) == {"gpu-a"}
-    assert our_record(kube_api.get_node("gpu-b")) is None
-    # counted twice: later cycles leave the (now withheld) node alone and the limit stays exact
-    assert agent.cycle().fence_action == "suppressed"
-    assert fenced_labelled(kube_api) == {"gpu-a"}
-
-
-def test_a_fence_ahead_of_the_limit_stays_at_its_second_count(fleet, kube_api):
-    fleet.add("gpu-a", "gpu-b")
-    fleet.inject("gpu-b", gpu=0, settings={"remapped_rows.pending": True})
-    agent = fleet.agent("gpu-b", kubernetes={"max_fenced": "1", "request_timeout": SHORT_DEADLINE})
-    assert agent.cycle().fence_action == "fence"
-    fenced_at = time.time()
-    # gpu-a decided after us and its recount should withdraw it; until it does, ours stays
-    record = json.dumps({"value": "RESET", "boot_id": None, "since": 4102444800.0})
-    kube_api.update_object("nodes", "gpu-a", {
-        "metadata": {"labels": {FENCED: "true"}, "annotations": {
-            OWNED: json.dumps({f"{UNHEALTHY}:NoSchedule": "gpufleet-health"}),
-            "gpufleet.io/health-fence": record}},
-        "spec": {"taints": [{"key": UNHEALTHY, "value": "RESET", "effect": "NoSchedule"}]}})
-    time.sleep(max(0.0, fenced_at + 3 * SHORT_DEADLINE + 0.1 - time.time()))
     kube_api.clear_requests()
-    assert agent.cycle().fence_action == "hold"
-    assert fenced_labelled(kube_api) == {"gpu-a", "gpu-b"}
-    # it did count again (one LIST of the fenced nodes), and found no earlier fence ahead of it
+    assert agent.cycle().fence_action == "hold"  # within the settle time: not counted again yet
+    assert not [r for r in kube_api.requests if r.query.get("labelSelector") == FENCED]
+    time.sleep(max(0.0, fenced_at + 3 * SHORT_DEADLINE + 0.1 - time.time()))
+    assert agent.cycle().fence_action == ("suppressed" if withdrawn else "hold")
     assert [r.query.get("labelSelector") for r in kube_api.requests if r.method == "GET"
             and r.path == "/api/v1/nodes"] == [FENCED]
+    assert fenced_labelled(kube_api) == ({"gpu-a"} if withdrawn else {"gpu-a", "gpu-b"})
+    assert (our_record(kube_api.get_node("gpu-b")) is None) is withdrawn
+    # counted twice: later cycles count no more, and a withheld node stays withheld
+    kube_api.clear_requests()
+    assert agent.cycle().fence_action == ("suppressed" if withdrawn else "hold")
+    assert fenced_labelled(kube_api) == ({"gpu-a"} if withdrawn else {"gpu-a", "gpu-b"})
