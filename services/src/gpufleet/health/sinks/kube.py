@@ -217,9 +217,10 @@ class KubeNodeSink:
         elif self._unconfirmed is not None and publication.time - self._unconfirmed[1] >= self.settle_seconds:
             limit, self._unconfirmed = self._unconfirmed[0], None
             if decision.value is not None and our_fence(node) is not None:
-                node, withdrawn = self._recount(node, {"limit": limit}, second=True)
-                if withdrawn is not None:
-                    decision, changed = withdrawn, True
+                standing = FenceDecision("fence", "second count", decision.value, fleet={"limit": limit})
+                node, counted = self._recount(node, standing, second=True)
+                if counted.action == "suppressed":
+                    decision, changed = counted, True
         self._condition(node, publication)
         if changed and decision.action in FENCE_EVENTS:
             self._event(node, decision)
@@ -235,7 +236,8 @@ class KubeNodeSink:
         each within the request deadline."""
         return 3 * self.settings.request_timeout
 
-    def _recount(self, node: dict, decision, second: bool = False):
+    def _recount(self, node: dict, decision: FenceDecision,
+                 second: bool = False) -> tuple[dict, FenceDecision]:
         """Count again once our fence is in: agents that counted at the same time as we did may have
         fenced too. If `limit` fences were placed before ours (fence_order), ours is withdrawn at once.
 
@@ -243,20 +245,17 @@ class KubeNodeSink:
         is the agent's time of decision) but still in flight — its PATCH slowed by a busy node or API.
         So each fence is counted a second time at the agent's first publication `settle_seconds`
         after it, when every fence decided before it has landed or failed, and withdrawn then under
-        the same rule: the limit holds exactly from there on. `second`: that count; `decision` is
-        then the fleet numbers, and the result None while the fence stays."""
-        numbers = decision if second else decision.fleet
-        kept = None if second else decision
-        limit = numbers.get("limit", -1)
+        the same rule: the limit holds exactly from there on (`second`: that count)."""
+        limit = decision.fleet.get("limit", -1)
         if limit < 0:
-            return node, kept
+            return node, decision
         try:
             ahead = self.breaker.ahead_of(node)
         except KUBE_ERRORS as exc:  # the fence stays (a fence too many, not a fault unfenced)
             log.warning("could not count the fences again: %s", describe_error(exc))
-            return node, kept
+            return node, decision
         if ahead < limit:
-            return node, kept
+            return node, decision
 
         def withdraw(current: dict) -> dict | None:
             if our_fence(current) is None:
@@ -272,7 +271,7 @@ class KubeNodeSink:
             f"circuit breaker open: {ahead} GPU nodes were fenced before this one by agents deciding at "
             f"the same time (limit {limit}); fence withdrawn" + (" at its second count" if second else ""),
             None,
-            fleet=dict(numbers, fenced=ahead),
+            fleet=dict(decision.fleet, fenced=ahead),
         )
 
     # The condition and the events say what the labels and taint already say, for the tools that read
