@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -104,7 +105,14 @@ KERNEL_AGENT = ServiceIdentity(
 )
 
 
-def run_identity_tasks(ansible_playbook, tmp_path: Path, kube_api, service: ServiceIdentity, manifests: Path):
+def run_identity_tasks(
+    ansible_playbook,
+    tmp_path: Path,
+    kube_api,
+    service: ServiceIdentity,
+    manifests: Path,
+    api_url: str | None = None,
+):
     """The role's identity tasks with the k3s server = localhost; returns (result, kubeconfig, token)."""
     kubeconfig = tmp_path / f"{service.account}.kubeconfig"
     bin_dir = tmp_path / "bin"
@@ -157,7 +165,7 @@ def run_identity_tasks(ansible_playbook, tmp_path: Path, kube_api, service: Serv
                 {
                     "name": "identity",
                     "hosts": "servers",
-                    "gather_facts": False,
+                    "gather_facts": api_url == "",  # the default URLs read the server's facts
                     # role_path: what Ansible sets when the file runs in its role
                     "vars": {"ansible_python_interpreter": sys.executable, "role_path": str(role)},
                     "tasks": tasks,
@@ -171,7 +179,7 @@ def run_identity_tasks(ansible_playbook, tmp_path: Path, kube_api, service: Serv
     inventory.write_text(yaml.safe_dump({"all": {"children": {"servers": {"hosts": {"localhost": None}}}}}))
     result = ansible_playbook(
         play,
-        extra_vars=service.variables(manifests, kubeconfig, kube_api.url),
+        extra_vars=service.variables(manifests, kubeconfig, kube_api.url if api_url is None else api_url),
         inventory=str(inventory),
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
         secrets={token},
@@ -283,3 +291,23 @@ def test_the_kubernetes_backend_without_k3s_is_refused_with_the_reason(ansible_p
         result.task("Refuse the kubernetes backend without k3s")
     )
     assert not kubeconfig.exists()
+
+
+@pytest.mark.parametrize(
+    "service, expected",
+    [(HEALTH, r"https://localhost:6443"), (KERNEL_AGENT, r"https://\d+\.\d+\.\d+\.\d+:6443")],
+    ids=["gpu_health_agent", "kernel_agent"],
+)
+def test_the_default_api_url_names_the_first_k3s_server(
+    ansible_playbook, tmp_path, kube_api, service, expected
+):
+    """No URL set: the health agent's names k3s_api_host or the server's inventory host, the kernel
+    agent's the server's default IPv4 address (a fact), both on 6443."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    result, kubeconfig, _ = run_identity_tasks(
+        ansible_playbook, tmp_path, kube_api, service, manifests, api_url=""
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    assert re.fullmatch(expected, server), server
