@@ -269,16 +269,10 @@ async def test_the_agent_runs_kernels_with_only_its_service_account(k8s_config, 
     """The RBAC of roles/kernel_agent/templates/kubernetes.yaml.j2 is all the agent needs: capacity
     from the nodes, a kernel's pod and service created, watched, executed in, destroyed. The emulator
     authorizes every request by that manifest (403 otherwise; see tests/integration/kube)."""
-    from pathlib import Path
+    from fixtures.kube_rbac import role_manifest
 
-    import jinja2
-
-    template = Path(__file__).resolve().parents[3] / "roles/kernel_agent/templates/kubernetes.yaml.j2"
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    environment.filters["bool"] = bool  # Ansible's, for the booleans passed here
-    manifest = environment.from_string(template.read_text()).render(
-        ansible_managed="test", kernel_agent_kube_namespace=NAMESPACE, kernel_agent_scratch_type="hostdir",
-        kernel_agent_kube_runtime_class=True)
+    manifest = role_manifest("kernel_agent", "kubernetes.yaml.j2", kernel_agent_kube_namespace=NAMESPACE,
+                             kernel_agent_scratch_type="hostdir", kernel_agent_kube_runtime_class=True)
     kubeconfig = kube_api.service_account_kubeconfig(tmp_path / "agent.kubeconfig", manifest, NAMESPACE,
                                                      "gpufleet-agent")
     (tmp_path / "rbac").mkdir()

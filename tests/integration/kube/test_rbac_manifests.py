@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 from fixtures.infra_services import wait_until
 from fixtures.kube_api import pod_object
+from fixtures.kube_rbac import role_manifest
 from gpufleet.gpu.simulated import inject
 from gpufleet.health.config import config_from_dict
 from gpufleet.health.daemon import HealthAgent
@@ -27,12 +27,6 @@ from kubernetes.client.rest import ApiException
 
 pytestmark = [pytest.mark.integration]
 
-ROLES = Path(__file__).resolve().parents[3] / "roles"
-
-
-def role_manifest(role: str, template: str, **variables) -> str:
-    text = (ROLES / role / "templates" / template).read_text()
-    return jinja2.Template(text, undefined=jinja2.StrictUndefined).render(ansible_managed="test", **variables)
 
 
 def health_manifest(namespace: str = "kube-system") -> str:

@@ -165,7 +165,7 @@ class GpufleetApiClient(client.ApiClient):
         self.user_agent = USER_AGENT
         self.sleep = time.sleep
         self._direct = _direct_target(configuration)
-        self._kept = threading.local()  # each thread's own keep-alive connection for post_json
+        self._kept = threading.local()  # each thread's own keep-alive connection (_send_kept)
 
     def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
         timeout = _request_timeout or self.request_timeout
@@ -181,13 +181,10 @@ class GpufleetApiClient(client.ApiClient):
         generated client's per-request parameter sanitizing and dispatch.
         """
         data = json.dumps(body).encode()
-        headers = {**self.default_headers, "Accept": "application/json", "Content-Type": "application/json"}
-        if self.cookie:
-            headers["Cookie"] = self.cookie
-        self.update_params_for_auth(headers, [], ["BearerToken"], path, "POST", body)
+        headers = self._lean_headers("POST", path, body, "application/json")
         url = self.configuration.host + path
         if self._direct is not None:
-            return self._retrying("POST", url, lambda: self._post_kept(url, path, data, headers))
+            return self._retrying("POST", url, lambda: self._send_kept("POST", url, path, data, headers))
         timeout = urllib3.Timeout(total=self.request_timeout)
         pool = self.rest_client.pool_manager
         return self._retrying("POST", url, lambda: rest.RESTResponse(pool.request(
@@ -204,21 +201,22 @@ class GpufleetApiClient(client.ApiClient):
         """
         if self._direct is None:
             return None
-        headers = {**self.default_headers, "Accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(self.sanitize_for_serialization(body)).encode()
-        if self.cookie:
-            headers["Cookie"] = self.cookie
-        self.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        data = None if body is None else json.dumps(self.sanitize_for_serialization(body)).encode()
+        headers = self._lean_headers(method, path, body, content_type if body is not None else None)
         if query:  # encoded as the generated client encodes them (quote, "/" kept)
             path = f"{path}?{urllib.parse.urlencode(query, safe='/', quote_via=urllib.parse.quote)}"
         url = self.configuration.host + path
         return self._retrying(method, url, lambda: self._send_kept(method, url, path, data, headers))
 
-    def _post_kept(self, url: str, path: str, data: bytes, headers: dict) -> rest.RESTResponse:
-        return self._send_kept("POST", url, path, data, headers)
+    def _lean_headers(self, method: str, path: str, body, content_type: str | None) -> dict:
+        """The headers `call_api` would send (default ones, cookie, auth) for the lean paths."""
+        headers = {**self.default_headers, "Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        self.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        return headers
 
     def _send_kept(self, method: str, url: str, path: str, data: bytes | None,
                    headers: dict) -> rest.RESTResponse:
